@@ -1,0 +1,1 @@
+"""The collector: listener, capture reader, decoder, pipeline, sinks and CLI."""

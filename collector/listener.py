@@ -1,0 +1,102 @@
+"""The live UDP listener: drains each socket on every wakeup.
+
+Each readable event reads datagrams with non-blocking ``recvfrom`` until the
+socket is empty (or a batch limit keeps the loop fair), instead of one callback
+per datagram; measured here that is several times faster than a
+``DatagramProtocol`` or ``asyncio-dgram``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from collector.capture import Datagram
+from schemas.config import parse_endpoint
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 65_535
+# Datagrams read per wakeup before yielding to the loop (signals, timers).
+DRAIN_BATCH = 512
+
+
+def open_socket(endpoint: str, receive_buffer: int) -> socket.socket:
+    """Bind a non-blocking UDP socket with a large receive buffer."""
+    host, port = parse_endpoint(endpoint)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if family == socket.AF_INET6:
+            # Accept IPv4-mapped exporters only on an explicit IPv4 listener.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {endpoint}: {error.strerror}; pick a free port "
+            "with --listen HOST:PORT"
+        ) from error
+    sock.setblocking(False)
+    return sock
+
+
+class Listener:
+    """Reads every bound socket and hands each datagram to a callback."""
+
+    def __init__(
+        self, endpoints: list[str], receive_buffer: int, deliver: Callable[[Datagram], None]
+    ) -> None:
+        """Remember what to open; no I/O until start()."""
+        self.endpoints = endpoints
+        self.receive_buffer = receive_buffer
+        self.deliver = deliver
+        self.sockets: list[socket.socket] = []
+        self.received = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind every socket and start reading."""
+        for endpoint in self.endpoints:
+            sock = open_socket(endpoint, self.receive_buffer)
+            self.sockets.append(sock)
+            loop.add_reader(sock.fileno(), self._drain, sock)
+            log.info("listening", extra={"endpoint": _bound(sock)})
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop reading, decode what the kernel still holds, close the sockets."""
+        for sock in self.sockets:
+            loop.remove_reader(sock.fileno())
+        for sock in self.sockets:
+            while self._drain(sock):
+                pass
+            sock.close()
+        self.sockets.clear()
+
+    def _drain(self, sock: socket.socket) -> bool:
+        """Read up to a batch of datagrams; return True if the batch was full."""
+        now = time.time()
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, address = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as error:
+                log.warning("receive failed", extra={"error": str(error)})
+                return False
+            self.received += 1
+            self.deliver(Datagram(address[0], address[1], now, data))
+        return True
+
+    def addresses(self) -> list[str]:
+        """Return the addresses actually bound (ports resolved)."""
+        return [_bound(sock) for sock in self.sockets]
+
+
+def _bound(sock: socket.socket) -> str:
+    """Format a socket's bound address as HOST:PORT."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,174 @@
+"""Building full flow records from decoded rows, with times made absolute UTC."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.layout import Layout, Row
+from collector.options import DomainOptions, sampler_id, sampling_interval
+from collector.templates import ExportContext
+from schemas.flow import FlowRecord
+
+_UPTIME_WRAP = 1 << 32
+_NTP_TO_UNIX_MS = 2_208_988_800_000
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRules:
+    """How far a flow time may stray from its export time and still be believed."""
+
+    tolerance_ms: int = 86_400_000
+
+
+def _uptime_to_ms(uptime_at: int, context: ExportContext) -> int | None:
+    """Turn a sysUptime stamp into epoch ms using the header's uptime and time.
+
+    The difference is taken modulo 2**32 so that the 49.7-day wrap of the
+    32-bit uptime between flow start and export is handled (RFC 3954 §5.1).
+    """
+    if context.sys_uptime is None:
+        return None
+    elapsed = (context.sys_uptime - uptime_at) % _UPTIME_WRAP
+    if elapsed >= _UPTIME_WRAP // 2:
+        # A stamp slightly after the header uptime: the flow ended "in the
+        # future" by a little, not 49 days ago.
+        elapsed -= _UPTIME_WRAP
+    return context.export_time_ms - elapsed
+
+
+def _ntp_to_ms(value: int, nanoseconds: bool) -> int:
+    """Turn a 64-bit NTP timestamp (RFC 7011 §6.1.9-10) into epoch ms."""
+    seconds = value >> 32
+    fraction = value & 0xFFFFFFFF
+    if not nanoseconds:
+        # dateTimeMicroseconds ignores the low 11 bits of the fraction.
+        fraction &= 0xFFFFF800
+    return seconds * 1000 + (fraction * 1000 >> 32) - _NTP_TO_UNIX_MS
+
+
+def _pair(values: dict[str, Any], start: str, end: str) -> tuple[int, int] | None:
+    """Return two integer fields when both are present."""
+    first = values.get(start)
+    last = values.get(end)
+    if isinstance(first, int) and isinstance(last, int):
+        return first, last
+    return None
+
+
+def flow_times(
+    values: dict[str, Any], context: ExportContext, system_init_ms: int | None = None
+) -> tuple[int, int] | None:
+    """Return (start, end) in epoch ms from whichever time encoding is present."""
+    if pair := _pair(values, "flowStartMilliseconds", "flowEndMilliseconds"):
+        return pair
+    if pair := _pair(values, "flowStartSeconds", "flowEndSeconds"):
+        return pair[0] * 1000, pair[1] * 1000
+    if pair := _pair(values, "flowStartMicroseconds", "flowEndMicroseconds"):
+        return _ntp_to_ms(pair[0], False), _ntp_to_ms(pair[1], False)
+    if pair := _pair(values, "flowStartNanoseconds", "flowEndNanoseconds"):
+        return _ntp_to_ms(pair[0], True), _ntp_to_ms(pair[1], True)
+    if pair := _pair(values, "flowStartDeltaMicroseconds", "flowEndDeltaMicroseconds"):
+        # RFC 7011 §6.1: deltas count back from the export time.
+        return (
+            context.export_time_ms - pair[0] // 1000,
+            context.export_time_ms - pair[1] // 1000,
+        )
+    if pair := _pair(values, "flowStartSysUpTime", "flowEndSysUpTime"):
+        init = values.get("systemInitTimeMilliseconds", system_init_ms)
+        if isinstance(init, int):
+            return init + pair[0], init + pair[1]
+        start = _uptime_to_ms(pair[0], context)
+        end = _uptime_to_ms(pair[1], context)
+        if start is not None and end is not None:
+            return start, end
+    return None
+
+
+def _first(values: dict[str, Any], *names: str) -> Any:
+    """Return the first of several fields that is present."""
+    for name in names:
+        value = values.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _int(values: dict[str, Any], *names: str) -> int | None:
+    """Return the first of several fields that decoded to an integer."""
+    value = _first(values, *names)
+    return value if isinstance(value, int) else None
+
+
+def _address(values: dict[str, Any], *names: str) -> str | None:
+    """Return the first of several fields that decoded to an IP address."""
+    for name in names:
+        value = values.get(name)
+        if isinstance(value, str):
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError:
+                continue
+    return None
+
+
+def _datetime(epoch_ms: int) -> datetime:
+    """Turn epoch ms into an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+
+
+def build_flow(
+    layout: Layout,
+    row: Row,
+    context: ExportContext,
+    options: DomainOptions | None = None,
+    rules: TimeRules = TimeRules(),  # noqa: B008 - frozen, shared on purpose
+) -> FlowRecord:
+    """Build the full flow record for one decoded row."""
+    values = layout.values(row)
+    values.pop("paddingOctets", None)
+    values.pop("paddingOctets#2", None)
+
+    export_ms = context.export_time_ms
+    times = flow_times(values, context, options.system_init_ms if options else None)
+    trusted = times is not None and (
+        abs(times[0] - export_ms) <= rules.tolerance_ms
+        and abs(times[1] - export_ms) <= rules.tolerance_ms
+        and times[0] <= times[1]
+    )
+    start_ms, end_ms = times if times is not None and trusted else (export_ms, export_ms)
+
+    # The record's own sampling elements win, then its sampler's options
+    # record, then the v5 header.
+    sampling = sampling_interval(values)
+    if sampling is None and options is not None:
+        sampling = options.sampling.get(sampler_id(layout, row))
+    if sampling is None and context.sampling_interval:
+        sampling = context.sampling_interval
+
+    return FlowRecord(
+        exporter=context.exporter,
+        exporter_port=context.port,
+        version=context.version,
+        observation_domain_id=context.domain,
+        template_id=layout.template_id or None,
+        src_addr=_address(values, "sourceIPv4Address", "sourceIPv6Address"),
+        dst_addr=_address(values, "destinationIPv4Address", "destinationIPv6Address"),
+        src_port=_int(values, "sourceTransportPort"),
+        dst_port=_int(values, "destinationTransportPort"),
+        protocol=_int(values, "protocolIdentifier"),
+        packets=_int(values, "packetDeltaCount", "packetTotalCount", "initiatorPackets"),
+        bytes=_int(values, "octetDeltaCount", "octetTotalCount", "initiatorOctets"),
+        start=_datetime(start_ms),
+        end=_datetime(end_ms),
+        time_trusted=trusted,
+        tcp_flags=_int(values, "tcpControlBits"),
+        input_interface=_int(values, "ingressInterface"),
+        output_interface=_int(values, "egressInterface"),
+        next_hop=_address(values, "ipNextHopIPv4Address", "ipNextHopIPv6Address"),
+        sampling_interval=sampling,
+        export_time=_datetime(export_ms),
+        fields=values,
+    )

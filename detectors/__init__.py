@@ -1,0 +1,1 @@
+"""Detectors: the registry, network classification, windows and the detectors."""

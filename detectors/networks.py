@@ -1,0 +1,66 @@
+"""Internal versus external, from an explicit list of networks.
+
+Python's ``is_private`` and ``is_global`` are not used: they call the
+documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32)
+private, which would hide traffic to them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+from schemas.config import DEFAULT_INTERNAL
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+# Distinct addresses seen in flows; each cache entry costs about 200 bytes.
+_CACHE_SIZE = 65_536
+
+
+class Networks:
+    """Classifies addresses as internal or external by a list of networks."""
+
+    def __init__(self, internal: Iterable[IPNetwork | str] = DEFAULT_INTERNAL):
+        """Parse the internal networks once."""
+        self.internal = tuple(ipaddress.ip_network(net) for net in internal)
+        self.is_internal = lru_cache(maxsize=_CACHE_SIZE)(self._is_internal)
+
+    def _is_internal(self, address: IPAddress) -> bool:
+        """Return True when the address lies in an internal network."""
+        return any(
+            address.version == net.version and address in net for net in self.internal
+        )
+
+    def is_external_unicast(self, address: IPAddress) -> bool:
+        """Return True for an external address that names one host."""
+        return not (
+            self.is_internal(address)
+            or address.is_multicast
+            or address.is_unspecified
+            or address.is_loopback
+            or address == _LIMITED_BROADCAST
+        )
+
+    def is_internal_unicast(self, address: IPAddress) -> bool:
+        """Return True for an internal address that could name one host."""
+        return (
+            self.is_internal(address)
+            and not address.is_multicast
+            and not address.is_unspecified
+            and not self.is_directed_broadcast(address)
+        )
+
+    def is_directed_broadcast(self, address: IPAddress) -> bool:
+        """Return True for the broadcast address of an internal IPv4 network."""
+        if address.version != 4:
+            return False
+        return any(
+            net.version == 4 and net.prefixlen < 31 and address == net.broadcast_address
+            for net in self.internal
+        )

@@ -1,0 +1,1 @@
+"""The data contracts of flowtrap: flow records, events and configuration."""
