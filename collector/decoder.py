@@ -474,6 +474,13 @@ class Decoder:
         rows, rest = layout.rows(body)
         if layout.variable and any(body[len(body) - rest :]):
             self.stats.error(context.exporter, "record_truncated")
+        if rows and not body[-1]:
+            # Padding longer than a record (NX-OS pads 24-36 bytes) would read as
+            # all-zero records; records lying wholly in the zero tail are dropped.
+            zero_tail = len(body) - len(body.rstrip(b"\x00")) - rest
+            if zero_tail >= layout.record_length and not layout.variable:
+                del rows[max(0, len(rows) - zero_tail // layout.record_length) :]
+                self.stats.add("padding_records_dropped")
         if not rows:
             return
         if layout.options:
