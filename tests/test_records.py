@@ -1,0 +1,130 @@
+"""Flow records: times made absolute UTC from every encoding, sampling joined."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from collector.layout import FieldSpec, Layout
+from collector.options import DomainOptions
+from collector.records import TimeRules, build_flow, flow_times
+from collector.templates import ExportContext
+
+EXPORT_MS = 1_768_471_200_000  # 2026-01-15T10:00:00Z
+
+
+def context(uptime: int | None = 100_000, version: int = 9) -> ExportContext:
+    """An export packet context exported at EXPORT_MS."""
+    return ExportContext(
+        exporter="192.0.2.1",
+        port=2055,
+        version=version,
+        domain=0,
+        export_time_ms=EXPORT_MS,
+        sys_uptime=uptime,
+        sequence=1,
+        received=EXPORT_MS / 1000,
+    )
+
+
+def test_sysuptime_times_count_back_from_the_export_time() -> None:
+    """v9 first/last switched are uptime ms before the header's uptime."""
+    times = flow_times({"flowStartSysUpTime": 90_000, "flowEndSysUpTime": 95_000}, context())
+    assert times == (EXPORT_MS - 10_000, EXPORT_MS - 5_000)
+
+
+def test_uptime_wrap_at_49_days_is_handled() -> None:
+    """A flow that started before the 32-bit uptime wrapped is still in the past."""
+    before_wrap = 2**32 - 2_000
+    times = flow_times(
+        {"flowStartSysUpTime": before_wrap, "flowEndSysUpTime": 500}, context(uptime=1_000)
+    )
+    assert times == (EXPORT_MS - 3_000, EXPORT_MS - 500)
+
+
+def test_ipfix_sysuptime_uses_system_init_time_from_options() -> None:
+    """IPFIX uptime stamps are offsets from systemInitTimeMilliseconds."""
+    values = {"flowStartSysUpTime": 1_000, "flowEndSysUpTime": 3_000}
+    times = flow_times(values, context(uptime=None, version=10), EXPORT_MS - 60_000)
+    assert times == (EXPORT_MS - 59_000, EXPORT_MS - 57_000)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param(
+            {"flowStartSeconds": 1_768_471_100, "flowEndSeconds": 1_768_471_150},
+            (EXPORT_MS - 100_000, EXPORT_MS - 50_000),
+            id="seconds",
+        ),
+        pytest.param(
+            {"flowStartMilliseconds": EXPORT_MS - 1, "flowEndMilliseconds": EXPORT_MS},
+            (EXPORT_MS - 1, EXPORT_MS),
+            id="milliseconds",
+        ),
+        pytest.param(
+            {
+                # NTP era seconds for 2026-01-15T10:00:00Z, fraction one half.
+                "flowStartMicroseconds": ((1_768_471_200 + 2_208_988_800) << 32)
+                | 0x80000000,
+                "flowEndMicroseconds": (1_768_471_201 + 2_208_988_800) << 32,
+            },
+            (EXPORT_MS + 500, EXPORT_MS + 1_000),
+            id="ntp_microseconds",
+        ),
+        pytest.param(
+            {
+                "flowStartNanoseconds": (1_768_471_200 + 2_208_988_800) << 32,
+                "flowEndNanoseconds": (1_768_471_200 + 2_208_988_800) << 32,
+            },
+            (EXPORT_MS, EXPORT_MS),
+            id="ntp_nanoseconds",
+        ),
+        pytest.param(
+            {"flowStartDeltaMicroseconds": 2_000_000, "flowEndDeltaMicroseconds": 0},
+            (EXPORT_MS - 2_000, EXPORT_MS),
+            id="delta_microseconds",
+        ),
+    ],
+)
+def test_absolute_time_encodings(values: dict[str, int], expected: tuple[int, int]) -> None:
+    """Every IPFIX absolute time encoding gives epoch milliseconds."""
+    assert flow_times(values, context(uptime=None, version=10)) == expected
+
+
+def _layout() -> Layout:
+    """A layout with addresses, ports, protocol and uptime stamps."""
+    return Layout.compile(
+        256,
+        (
+            FieldSpec(8, 4),
+            FieldSpec(12, 4),
+            FieldSpec(11, 2),
+            FieldSpec(4, 1),
+            FieldSpec(22, 4),
+            FieldSpec(21, 4),
+        ),
+    )
+
+
+def test_time_far_from_export_time_is_flagged_not_trusted() -> None:
+    """A start weeks before the export time is replaced and flagged."""
+    layout = _layout()
+    row = (b"\x0a\x00\x00\x01", b"\xcb\x00\x71\x09", 631, 17, 0, 100)
+    flow = build_flow(layout, row, context(uptime=2_400_000_000), None, TimeRules())
+    assert flow.time_trusted is False
+    assert flow.start == datetime.fromtimestamp(EXPORT_MS / 1000, UTC)
+
+
+def test_flow_record_carries_sampling_from_options() -> None:
+    """The sampling interval an options record gave is on the flow record."""
+    layout = _layout()
+    row = (b"\x0a\x00\x00\x01", b"\xcb\x00\x71\x09", 631, 17, 99_000, 99_500)
+    options = DomainOptions(sampling={0: 64})
+    flow = build_flow(layout, row, context(), options)
+    assert flow.sampling_interval == 64
+    assert str(flow.src_addr) == "10.0.0.1"
+    assert flow.dst_port == 631
+    assert flow.time_trusted is True
+    assert flow.start == datetime(2026, 1, 15, 9, 59, 59, tzinfo=UTC)
