@@ -56,9 +56,13 @@ def detector() -> InternalToExternal:
     [
         pytest.param(flow("10.1.0.5", "203.0.113.10"), True, id="ipv4_egress"),
         pytest.param(flow("fd00:1::5", "2001:db8::10"), True, id="ula_to_ipv6_egress"),
-        pytest.param(flow("192.168.1.2", "198.51.100.7"), True, id="doc_range_external"),
+        pytest.param(
+            flow("192.168.1.2", "198.51.100.7"), True, id="doc_range_external"
+        ),
         pytest.param(flow("10.1.0.5", "10.1.0.6"), False, id="internal_to_internal"),
-        pytest.param(flow("10.1.0.7", "255.255.255.255"), False, id="limited_broadcast"),
+        pytest.param(
+            flow("10.1.0.7", "255.255.255.255"), False, id="limited_broadcast"
+        ),
         pytest.param(flow("10.1.0.7", "224.0.0.251"), False, id="multicast"),
         pytest.param(flow("10.1.0.7", "0.0.0.0"), False, id="unspecified"),
         pytest.param(flow("198.51.100.20", "10.1.0.5"), False, id="inbound_probe"),

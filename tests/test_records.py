@@ -30,7 +30,9 @@ def context(uptime: int | None = 100_000, version: int = 9) -> ExportContext:
 
 def test_sysuptime_times_count_back_from_the_export_time() -> None:
     """v9 first/last switched are uptime ms before the header's uptime."""
-    times = flow_times({"flowStartSysUpTime": 90_000, "flowEndSysUpTime": 95_000}, context())
+    times = flow_times(
+        {"flowStartSysUpTime": 90_000, "flowEndSysUpTime": 95_000}, context()
+    )
     assert times == (EXPORT_MS - 10_000, EXPORT_MS - 5_000)
 
 
@@ -38,7 +40,8 @@ def test_uptime_wrap_at_49_days_is_handled() -> None:
     """A flow that started before the 32-bit uptime wrapped is still in the past."""
     before_wrap = 2**32 - 2_000
     times = flow_times(
-        {"flowStartSysUpTime": before_wrap, "flowEndSysUpTime": 500}, context(uptime=1_000)
+        {"flowStartSysUpTime": before_wrap, "flowEndSysUpTime": 500},
+        context(uptime=1_000),
     )
     assert times == (EXPORT_MS - 3_000, EXPORT_MS - 500)
 
@@ -88,7 +91,9 @@ def test_ipfix_sysuptime_uses_system_init_time_from_options() -> None:
         ),
     ],
 )
-def test_absolute_time_encodings(values: dict[str, int], expected: tuple[int, int]) -> None:
+def test_absolute_time_encodings(
+    values: dict[str, int], expected: tuple[int, int]
+) -> None:
     """Every IPFIX absolute time encoding gives epoch milliseconds."""
     assert flow_times(values, context(uptime=None, version=10)) == expected
 

@@ -1,0 +1,139 @@
+"""Start ``flowtrap run`` as a real process, send it export packets, stop it.
+
+Shared by ``make demo`` and the live tests: the collector runs exactly as an
+operator would start it, on 127.0.0.1 with a port the kernel picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncio_dgram
+import orjson
+
+from collector.capture import read_capture
+
+_STARTED = re.compile(r"collector started listen=\['(?P<host>[^']+):(?P<port>\d+)'")
+
+
+class CollectorProcess:
+    """A running ``flowtrap run`` listening on 127.0.0.1 and writing events to a file."""
+
+    def __init__(self, events: Path, extra: Sequence[str] = (), timeout: float = 15.0):
+        """Remember how to start it; nothing runs until start()."""
+        self.events = events
+        self.extra = list(extra)
+        self.timeout = timeout
+        self.port = 0
+        self.stderr = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> CollectorProcess:
+        """Start the collector and wait until it says where it listens."""
+        command = [
+            sys.executable,
+            "-m",
+            "collector",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--events",
+            str(self.events),
+            *self.extra,
+        ]
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self._process.stderr is not None
+        deadline = time.monotonic() + self.timeout
+        lines = []
+        while time.monotonic() < deadline:
+            line = self._process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = _STARTED.search(line)
+            if match:
+                self.port = int(match.group("port"))
+                return self
+        self._process.kill()
+        raise RuntimeError("flowtrap run did not start:\n" + "".join(lines))
+
+    def stop(self) -> list[dict[str, Any]]:
+        """Send SIGTERM, wait for a clean exit, and return the events written."""
+        process = self._process
+        if process is None:
+            return []
+        process.send_signal(signal.SIGTERM)
+        try:
+            _, rest = process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise RuntimeError("flowtrap run did not stop on SIGTERM") from None
+        self.stderr = rest
+        self._process = None
+        if process.returncode != 0:
+            raise RuntimeError(f"flowtrap run exited {process.returncode}:\n{rest}")
+        return read_events(self.events)
+
+    def __enter__(self) -> CollectorProcess:
+        """Start on entering a with block."""
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        """Make sure the process is gone."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines event file."""
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+async def send_payloads(
+    payloads: Iterable[bytes], port: int, source: str = "127.0.0.1"
+) -> int:
+    """Send export packets over real UDP from one source address, in order."""
+    # A bound (not connected) socket fixes the source address, so several
+    # loopback addresses act as several exporters.
+    stream = await asyncio_dgram.bind((source, 0))
+    sent = 0
+    try:
+        for payload in payloads:
+            await stream.send(payload, ("127.0.0.1", port))
+            sent += 1
+            # Keep a small burst from overrunning a busy receiver on loopback.
+            await asyncio.sleep(0.002)
+    finally:
+        stream.close()
+    return sent
+
+
+def send_capture(capture: Path, port: int, source: str = "127.0.0.1") -> int:
+    """Send every export packet of a capture file to 127.0.0.1:port."""
+    payloads = [datagram.data for datagram in read_capture(capture)]
+    return asyncio.run(send_payloads(payloads, port, source))
