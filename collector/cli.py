@@ -52,9 +52,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--internal-networks",
         help="comma-separated CIDRs that are inside (replaces the default list)",
     )
-    parser.add_argument(
-        "--detectors", help="comma-separated detector names to enable"
-    )
+    parser.add_argument("--detectors", help="comma-separated detector names to enable")
     parser.add_argument("--window", type=float, help="event window in seconds")
 
 

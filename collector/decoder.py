@@ -196,7 +196,9 @@ class Decoder:
             return
         offset = 0
         while len(data) - offset >= _IPFIX_HEADER.size:
-            message_end = self._ipfix_message(data, offset, exporter, port, received, out)
+            message_end = self._ipfix_message(
+                data, offset, exporter, port, received, out
+            )
             if message_end is None:
                 return
             offset = message_end
@@ -222,7 +224,7 @@ class Decoder:
         if length < _IPFIX_HEADER.size:
             self.stats.error(exporter, "message_length")
             return None
-        end = offset + length
+        end = offset + int(length)
         if end > len(data):
             self.stats.error(exporter, "message_truncated")
             end = len(data)
@@ -406,7 +408,11 @@ class Decoder:
         return tuple(fields), position
 
     def _withdraw(
-        self, template_id: int, context: ExportContext, state: ExporterState, sets: _Sets
+        self,
+        template_id: int,
+        context: ExportContext,
+        state: ExporterState,
+        sets: _Sets,
     ) -> None:
         """Apply an IPFIX template withdrawal (RFC 7011 §8.1)."""
         if template_id in (sets.template, sets.options):

@@ -49,7 +49,10 @@ class Listener:
     """Reads every bound socket and hands each datagram to a callback."""
 
     def __init__(
-        self, endpoints: list[str], receive_buffer: int, deliver: Callable[[Datagram], None]
+        self,
+        endpoints: list[str],
+        receive_buffer: int,
+        deliver: Callable[[Datagram], None],
     ) -> None:
         """Remember what to open; no I/O until start()."""
         self.endpoints = endpoints

@@ -102,13 +102,15 @@ def _int(values: dict[str, Any], *names: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _address(values: dict[str, Any], *names: str) -> str | None:
+def _address(
+    values: dict[str, Any], *names: str
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """Return the first of several fields that decoded to an IP address."""
     for name in names:
         value = values.get(name)
         if isinstance(value, str):
             try:
-                return str(ipaddress.ip_address(value))
+                return ipaddress.ip_address(value)
             except ValueError:
                 continue
     return None
@@ -124,7 +126,7 @@ def build_flow(
     row: Row,
     context: ExportContext,
     options: DomainOptions | None = None,
-    rules: TimeRules = TimeRules(),  # noqa: B008 - frozen, shared on purpose
+    rules: TimeRules = TimeRules(),
 ) -> FlowRecord:
     """Build the full flow record for one decoded row."""
     values = layout.values(row)
@@ -138,7 +140,9 @@ def build_flow(
         and abs(times[1] - export_ms) <= rules.tolerance_ms
         and times[0] <= times[1]
     )
-    start_ms, end_ms = times if times is not None and trusted else (export_ms, export_ms)
+    start_ms, end_ms = (
+        times if times is not None and trusted else (export_ms, export_ms)
+    )
 
     # The record's own sampling elements win, then its sampler's options
     # record, then the v5 header.
@@ -149,7 +153,7 @@ def build_flow(
         sampling = context.sampling_interval
 
     return FlowRecord(
-        exporter=context.exporter,
+        exporter=ipaddress.ip_address(context.exporter),
         exporter_port=context.port,
         version=context.version,
         observation_domain_id=context.domain,
@@ -159,7 +163,9 @@ def build_flow(
         src_port=_int(values, "sourceTransportPort"),
         dst_port=_int(values, "destinationTransportPort"),
         protocol=_int(values, "protocolIdentifier"),
-        packets=_int(values, "packetDeltaCount", "packetTotalCount", "initiatorPackets"),
+        packets=_int(
+            values, "packetDeltaCount", "packetTotalCount", "initiatorPackets"
+        ),
         bytes=_int(values, "octetDeltaCount", "octetTotalCount", "initiatorOctets"),
         start=_datetime(start_ms),
         end=_datetime(end_ms),

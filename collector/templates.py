@@ -97,7 +97,10 @@ class TemplateStore:
     def learn(self, state: ExporterState, key: TemplateKey, layout: Layout) -> bool:
         """Store a template; return False when the per-exporter cap refuses it."""
         old = state.templates.get(key)
-        if old is None and len(state.templates) >= self.limits.max_templates_per_exporter:
+        if (
+            old is None
+            and len(state.templates) >= self.limits.max_templates_per_exporter
+        ):
             self.stats.error("", "template_limit")
             return False
         if old is None:
@@ -121,9 +124,7 @@ class TemplateStore:
         doomed = [
             key
             for key, layout in state.templates.items()
-            if key[0] == version
-            and key[1] == domain
-            and layout.options == options
+            if key[0] == version and key[1] == domain and layout.options == options
         ]
         for key in doomed:
             del state.templates[key]
@@ -179,7 +180,9 @@ class TemplateStore:
         dropped = 0
         for state in self._exporters.values():
             while state.held:
-                self._drop_oldest(state, "held_never_decoded", state.held[0].context.exporter)
+                self._drop_oldest(
+                    state, "held_never_decoded", state.held[0].context.exporter
+                )
                 dropped += 1
         return dropped
 

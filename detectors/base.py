@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from detectors.networks import Networks
+from schemas.event import Direction
 from schemas.flow import FlowRecord
 
 
@@ -60,7 +61,7 @@ class Finding:
     key: tuple[str, ...]
     flow: FlowRecord
     message: str
-    direction: str = "outbound"
+    direction: Direction = "outbound"
     severity: int | None = None
 
 

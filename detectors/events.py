@@ -66,10 +66,11 @@ def to_event(window: Window, now: datetime, seconds: float) -> Event:
         destination=Endpoint(ip=dst, port=flow.dst_port),
         network=NetworkInfo(
             transport=_TRANSPORTS.get(protocol, str(protocol)),
-            type="ipv6" if flow.src_addr is not None and flow.src_addr.version == 6
+            type="ipv6"
+            if flow.src_addr is not None and flow.src_addr.version == 6
             else "ipv4",
             iana_number=str(protocol),
-            direction=finding.direction,  # type: ignore[arg-type]
+            direction=finding.direction,
         ),
         observer=ObserverInfo(ip=sorted(window.observers)),
         related=RelatedInfo(ip=sorted({src, dst})),

@@ -132,7 +132,9 @@ class Windows:
 
     def close(self, now: datetime) -> list[Window]:
         """Close every window whose end plus lateness the clock has passed."""
-        horizon = now - timedelta(seconds=self.settings.seconds + self.settings.lateness)
+        horizon = now - timedelta(
+            seconds=self.settings.seconds + self.settings.lateness
+        )
         due = [key for key, window in self._open.items() if window.start <= horizon]
         return self._pop(due)
 

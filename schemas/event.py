@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
+Direction = Literal["inbound", "outbound", "internal", "external", "unknown"]
+
 
 class _Strict(BaseModel):
     """Base for event parts: no unknown keys, values fixed once built."""
@@ -56,7 +58,7 @@ class NetworkInfo(_Strict):
     transport: str
     type: Literal["ipv4", "ipv6"]
     iana_number: str
-    direction: Literal["inbound", "outbound", "internal", "external", "unknown"]
+    direction: Direction
 
 
 class ObserverInfo(_Strict):

@@ -26,7 +26,8 @@ def replay(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[list[dict], 
 
 
 @pytest.mark.parametrize(
-    "capture", sorted(p.name for p in EXPORTS.glob("*.pcap") if "callback" not in p.name)
+    "capture",
+    sorted(p.name for p in EXPORTS.glob("*.pcap") if "callback" not in p.name),
 )
 def test_replay_of_bundled_exports_raises_egress_events_only(
     capsys: pytest.CaptureFixture[str], capture: str
@@ -63,7 +64,9 @@ def test_replay_events_validate_against_published_schema(
         Event.model_validate(event)
 
 
-def test_replay_port_filter_skips_other_ports(capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_port_filter_skips_other_ports(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """With --port, datagrams to other ports are skipped and counted."""
     events, summary = replay(
         capsys, str(EXPORTS / "softflowd-v9.pcap"), "--port", "9999"
@@ -113,7 +116,9 @@ def test_config_file_is_read_and_flags_override_it(
     """A TOML file sets internal networks; a flag replaces them."""
     config = tmp_path / "flowtrap.toml"
     config.write_text('internal_networks = ["203.0.113.0/24"]\n')
-    events, _ = replay(capsys, str(EXPORTS / "softflowd-v5.pcap"), "--config", str(config))
+    events, _ = replay(
+        capsys, str(EXPORTS / "softflowd-v5.pcap"), "--config", str(config)
+    )
     assert events == []
     events, _ = replay(
         capsys,

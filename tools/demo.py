@@ -45,12 +45,12 @@ def main() -> int:
     print("\nsummary:")
     print(f"  {'exporter':<12} {'source':<22} {'destination':<24} flows  message")
     for event in events:
-        print(
-            f"  {','.join(event['observer']['ip']):<12} "
-            f"{event['source']['ip'] + ':' + str(event['source']['port']):<22} "
-            f"{event['destination']['ip'] + ':' + str(event['destination']['port']):<24} "
-            f"{event['flowtrap']['flows']:<6} {event['message'][:60]}"
-        )
+        observers = ",".join(event["observer"]["ip"])
+        source = f"{event['source']['ip']}:{event['source']['port']}"
+        destination = f"{event['destination']['ip']}:{event['destination']['port']}"
+        flows = event["flowtrap"]["flows"]
+        print(f"  {observers:<12} {source:<22} {destination:<24} {flows:<6}", end="")
+        print(f" {event['message'][:60]}")
     return 0 if events else 1
 
 

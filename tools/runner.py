@@ -27,7 +27,7 @@ _STARTED = re.compile(r"collector started listen=\['(?P<host>[^']+):(?P<port>\d+
 
 
 class CollectorProcess:
-    """A running ``flowtrap run`` listening on 127.0.0.1 and writing events to a file."""
+    """A running ``flowtrap run`` on 127.0.0.1 writing events to a file."""
 
     def __init__(self, events: Path, extra: Sequence[str] = (), timeout: float = 15.0):
         """Remember how to start it; nothing runs until start()."""
