@@ -75,7 +75,11 @@ def read_capture(
     are counted in ``skipped`` by reason rather than raised.
     """
     skipped = skipped if skipped is not None else Counter()
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise CaptureError(f"cannot read {path}: {error.strerror}") from None
+    with handle:
         reader = _reader(handle, path)
         linktype = reader.datalink()
         try:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -182,7 +183,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         try:
             for datagram in read_capture(path, args.port, skipped):
                 pipeline.feed(datagram)
-        except (OSError, CaptureError) as error:
+        except CaptureError as error:
             raise ConfigError(str(error)) from None
     never = pipeline.decoder.store.drain_held()
     pipeline.flush()
@@ -262,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (for example `| head`); stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
