@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from collector.ie import V9_SCOPE
 from collector.layout import FieldSpec, Layout, Row
+from collector.sequence import SequenceRules, SequenceTracker
 from collector.stats import Stats
 from collector.templates import (
     ExportContext,
@@ -97,10 +98,28 @@ _IPFIX_SETS = _Sets(template=2, options=3, ipfix=True)
 class Decoder:
     """Decodes export packets from any number of exporters."""
 
-    def __init__(self, limits: Limits | None = None, stats: Stats | None = None):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        stats: Stats | None = None,
+        sequence_rules: SequenceRules | None = None,
+    ):
         """Start with no templates; no I/O."""
         self.stats = stats if stats is not None else Stats()
         self.store = TemplateStore(limits or Limits(), self.stats)
+        self.sequences = SequenceTracker(sequence_rules)
+        # Per message: data records decoded from its own flowsets, and whether
+        # any of its flowsets had to be held (then its record count is unknown).
+        self._message_records = 0
+        self._message_held = False
+
+    def _sequence(self, context: ExportContext, units: int | None) -> None:
+        """Account the export packet's sequence number."""
+        lost = self.sequences.observe(
+            context.exporter, context.version, context.domain, context.sequence, units
+        )
+        if lost:
+            self.stats.add("sequence_lost", lost)
 
     def decode(self, data: bytes, exporter: str, port: int, received: float) -> Decoded:
         """Decode one export packet; input problems are counted, never raised."""
@@ -164,6 +183,8 @@ class Decoder:
         if rows:
             out.flows.append(Batch(V5_LAYOUT, rows, context))
             self.stats.add("flow_records", len(rows))
+        # v5 numbers flow records (Cisco's v5 format: flow_sequence).
+        self._sequence(context, len(rows))
 
     def _decode_v9(
         self, data: bytes, exporter: str, port: int, received: float, out: Decoded
@@ -186,6 +207,7 @@ class Decoder:
         # The header count is never used to bound parsing (RFC 3954 §5.1 vs
         # exporters that count flowsets): flowsets are walked by their lengths.
         self._walk(data, _V9_HEADER.size, len(data), context, _V9_SETS, out)
+        self._sequence(context, 1)
 
     def _decode_ipfix(
         self, data: bytes, exporter: str, port: int, received: float, out: Decoded
@@ -238,7 +260,10 @@ class Decoder:
             sequence=sequence,
             received=received,
         )
+        self._message_records = 0
+        self._message_held = False
         self._walk(data, offset + _IPFIX_HEADER.size, end, context, _IPFIX_SETS, out)
+        self._sequence(context, None if self._message_held else self._message_records)
         return end
 
     def _walk(
@@ -470,12 +495,13 @@ class Decoder:
         layout = state.templates.get(key)
         if layout is None:
             self.store.hold(state, Held(key, bytes(body), context), context.received)
+            self._message_held = True
             return
-        self._decode_rows(layout, body, context, out)
+        self._message_records += self._decode_rows(layout, body, context, out)
 
     def _decode_rows(
         self, layout: Layout, body: bytes, context: ExportContext, out: Decoded
-    ) -> None:
+    ) -> int:
         """Split a data flowset into rows and file them as flows or options."""
         rows, rest = layout.rows(body)
         if layout.variable and any(body[len(body) - rest :]):
@@ -488,10 +514,11 @@ class Decoder:
                 del rows[max(0, len(rows) - zero_tail // layout.record_length) :]
                 self.stats.add("padding_records_dropped")
         if not rows:
-            return
+            return 0
         if layout.options:
             out.options.append(Batch(layout, rows, context))
             self.stats.add("options_records", len(rows))
         else:
             out.flows.append(Batch(layout, rows, context))
             self.stats.add("flow_records", len(rows))
+        return len(rows)

@@ -73,6 +73,29 @@ class Element:
     kind: Kind
 
 
+# RFC 5103 bidirectional flow export: enterprise 29305 marks reverse elements.
+REVERSE_PEN = 29305
+
+# Vendor elements seen in real exports, by (enterprise number, element id).
+# Unlisted enterprise elements keep their bytes under "e<PEN>.<id>".
+_VENDOR = {
+    # VMware vSphere Distributed Switch (PEN 6876): the tenant (inner) flow
+    # of VXLAN traffic and interface attributes.
+    (6876, 880): Element("vmwareTenantProtocol", Kind.UNSIGNED),
+    (6876, 881): Element("vmwareTenantSourceIPv4", Kind.IPV4),
+    (6876, 882): Element("vmwareTenantDestIPv4", Kind.IPV4),
+    (6876, 883): Element("vmwareTenantSourceIPv6", Kind.IPV6),
+    (6876, 884): Element("vmwareTenantDestIPv6", Kind.IPV6),
+    (6876, 886): Element("vmwareTenantSourcePort", Kind.UNSIGNED),
+    (6876, 887): Element("vmwareTenantDestPort", Kind.UNSIGNED),
+    (6876, 888): Element("vmwareEgressInterfaceAttr", Kind.UNSIGNED),
+    (6876, 889): Element("vmwareVxlanExportRole", Kind.UNSIGNED),
+    (6876, 890): Element("vmwareIngressInterfaceAttr", Kind.UNSIGNED),
+    # Juniper (PEN 2636): the common-properties id of MX inline monitoring.
+    (2636, 137): Element("juniperCommonPropertiesId", Kind.UNSIGNED),
+}
+
+
 _IANA = {fid: (name, typ) for fid, name, typ in IPFIXFieldTypes.iana_field_types}
 
 
@@ -94,7 +117,16 @@ def lookup(element_id: int, enterprise: int = 0) -> Element:
     if enterprise == V9_SCOPE:
         name = _V9_SCOPE_NAMES.get(element_id, f"scope{element_id}")
         return Element(name, Kind.UNSIGNED)
+    if enterprise == REVERSE_PEN:
+        # RFC 5103 §6.1: the reverse direction of an IANA element, same type.
+        forward = lookup(element_id)
+        if not forward.name.startswith("field"):
+            name = "reverse" + forward.name[0].upper() + forward.name[1:]
+            return Element(name, forward.kind)
     if enterprise:
+        vendor = _VENDOR.get((enterprise, element_id))
+        if vendor is not None:
+            return vendor
         return Element(f"e{enterprise}.{element_id}", Kind.BYTES)
 
     iana = _IANA.get(element_id)

@@ -162,11 +162,26 @@ def test_enterprise_field_is_kept_with_its_number() -> None:
         + u16(1)
         + u16(0x8000 | 42)  # enterprise bit + element 42
         + u16(2)
-        + u32(29305),  # enterprise number
+        + u32(9),  # enterprise number (Cisco)
     )
     data = flowset(256, b"\x11" + b"\xbe\xef")
     records = decode(Decoder(), ipfix(template, data))
-    assert records == [{"protocolIdentifier": 17, "e29305.42": "beef"}]
+    assert records == [{"protocolIdentifier": 17, "e9.42": "beef"}]
+
+
+def test_reverse_element_is_named_and_typed_like_its_forward_twin() -> None:
+    """RFC 5103 reverse elements (enterprise 29305) read as reverse<Name>."""
+    template = flowset(
+        2,
+        u16(256)  # template id
+        + u16(1)  # field count
+        + u16(0x8000 | 1)  # enterprise bit + octetDeltaCount
+        + u16(4)  # reduced to 4 bytes
+        + u32(29305),  # RFC 5103 reverse enterprise number
+    )
+    data = flowset(256, u32(1500))
+    records = decode(Decoder(), ipfix(template, data))
+    assert records == [{"reverseOctetDeltaCount": 1500}]
 
 
 def test_repeated_element_keeps_both_values() -> None:
