@@ -476,7 +476,7 @@ class Decoder:
             self.stats.error(context.exporter, "template_empty_record")
             return
         key: TemplateKey = (context.version, context.domain, template_id)
-        if not self.store.learn(state, key, layout):
+        if not self.store.learn(state, key, layout, context.received):
             return
         for held in self.store.release(state, key):
             self.stats.add("held_decoded")

@@ -88,6 +88,16 @@ class OptionsStore:
         """Return the options state of a domain, if any options arrived."""
         return self._domains.get((exporter, domain))
 
+    def items(self) -> list[tuple[tuple[str, int], DomainOptions]]:
+        """Return every (exporter, domain) and its options state."""
+        return list(self._domains.items())
+
+    def restore(self, exporter: str, domain: int, state: DomainOptions) -> None:
+        """Put back saved options state (at start, from the state file)."""
+        self._domains[(exporter, domain)] = state
+        if len(self._domains) > MAX_DOMAINS:
+            self._domains.popitem(last=False)
+
     def _domain(self, key: tuple[str, int]) -> DomainOptions:
         """Return (creating, within the cap) the state of one domain."""
         domain = self._domains.get(key)

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # How often (in clock seconds) open windows are checked for closing.
 CLOSE_EVERY = 1.0
+# How often held data and templates are checked for expiry.
+EXPIRE_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class Pipeline:
         self._protocols = self._union("protocols")
         self._dst_ports = self._union("dst_ports")
         self._last_close = 0.0
+        self._last_expire = 0.0
         self._clock = 0.0
 
     def _union(self, name: str) -> frozenset[int] | None:
@@ -96,6 +99,8 @@ class Pipeline:
         if self._clock - self._last_close >= CLOSE_EVERY:
             self._last_close = self._clock
             self._emit(self.windows.close(_utc(self._clock)))
+        if self._clock - self._last_expire >= EXPIRE_EVERY:
+            self._last_expire = self._clock
             self.decoder.store.expire(self._clock)
 
     def flush(self) -> None:

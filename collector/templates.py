@@ -8,11 +8,14 @@ counted, never raised.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from collector.layout import Layout
 from collector.stats import Stats
+
+log = logging.getLogger(__name__)
 
 TemplateKey = tuple[int, int, int]
 """(version, observation domain id, template id) within one exporter."""
@@ -31,6 +34,9 @@ class Limits:
     held_bytes_per_exporter: int = 256 * 1024
     held_bytes_total: int = 32 * 1024 * 1024
     held_max_age: float = 600.0
+    # Templates not sent again within this many seconds expire (0: never).
+    # Exporters refresh every few minutes; pmacct only at start, hence long.
+    template_max_age: float = 4 * 3600.0
     # Include the exporter's UDP source port in the template scope (RFC 7011 §8.4);
     # off by default because exporters change port when they restart.
     scope_by_port: bool = False
@@ -65,7 +71,10 @@ class Held:
 class ExporterState:
     """The templates and held data of one exporter."""
 
+    address: str = ""
     templates: dict[TemplateKey, Layout] = field(default_factory=dict)
+    # When each template was last sent, by the clock of the packet that sent it.
+    refreshed: dict[TemplateKey, float] = field(default_factory=dict)
     held: deque[Held] = field(default_factory=deque)
     held_bytes: int = 0
 
@@ -89,29 +98,68 @@ class TemplateStore:
         if len(self._exporters) >= self.limits.max_exporters:
             self.stats.error(address, "exporter_limit")
             return None
-        state = ExporterState()
+        state = ExporterState(address=address)
         self._exporters[key] = state
         self.stats.add("exporters")
+        log.info("new exporter", extra={"exporter": address})
         return state
 
-    def learn(self, state: ExporterState, key: TemplateKey, layout: Layout) -> bool:
+    def learn(
+        self, state: ExporterState, key: TemplateKey, layout: Layout, now: float
+    ) -> bool:
         """Store a template; return False when the per-exporter cap refuses it."""
         old = state.templates.get(key)
         if (
             old is None
             and len(state.templates) >= self.limits.max_templates_per_exporter
         ):
-            self.stats.error("", "template_limit")
+            self.stats.error(state.address, "template_limit")
             return False
         if old is None:
             self.stats.add("templates_learned")
+            log.debug(
+                "template learned",
+                extra={"exporter": state.address, "template": key},
+            )
         elif old.fields != layout.fields or old.options != layout.options:
             self.stats.add("templates_changed")
+            log.info(
+                "template changed",
+                extra={"exporter": state.address, "template": key},
+            )
+        else:
+            # A refresh of the same template keeps the compiled layout (and
+            # anything cached on it).
+            layout = old
         state.templates[key] = layout
+        state.refreshed[key] = now
         return True
+
+    def expire_templates(self, now: float) -> int:
+        """Drop templates not refreshed within the age limit; return how many."""
+        max_age = self.limits.template_max_age
+        if max_age <= 0:
+            return 0
+        horizon = now - max_age
+        expired = 0
+        for state in self._exporters.values():
+            stale = [key for key, seen in state.refreshed.items() if seen < horizon]
+            for key in stale:
+                del state.templates[key]
+                del state.refreshed[key]
+            expired += len(stale)
+        if expired:
+            self.stats.add("templates_expired", expired)
+            log.info("templates expired", extra={"count": expired})
+        return expired
+
+    def exporters(self) -> list[tuple[str, int, ExporterState]]:
+        """Return every exporter's address, scope port and state."""
+        return [(addr, port, state) for (addr, port), state in self._exporters.items()]
 
     def withdraw(self, state: ExporterState, key: TemplateKey, exporter: str) -> None:
         """Remove one template (RFC 7011 §8.1); an unknown one is only counted."""
+        state.refreshed.pop(key, None)
         if state.templates.pop(key, None) is None:
             self.stats.error(exporter, "withdraw_unknown_template")
         else:
@@ -128,6 +176,7 @@ class TemplateStore:
         ]
         for key in doomed:
             del state.templates[key]
+            state.refreshed.pop(key, None)
         self.stats.add("templates_withdrawn", len(doomed))
 
     def hold(self, state: ExporterState, held: Held, now: float) -> None:
@@ -171,9 +220,10 @@ class TemplateStore:
             self._drop_oldest(state, "held_expired", state.held[0].context.exporter)
 
     def expire(self, now: float) -> None:
-        """Expire held data of every exporter."""
+        """Expire held data and stale templates of every exporter."""
         for state in self._exporters.values():
             self.expire_held(state, now)
+        self.expire_templates(now)
 
     def drain_held(self) -> int:
         """Drop every held flowset (at shutdown), returning how many there were."""
