@@ -80,7 +80,7 @@ def snapshot(decoder: Decoder, options: OptionsStore) -> StateFile:
     for address, port, state in decoder.store.exporters():
         templates = [
             SavedTemplate(
-                version=key[0],  # type: ignore[arg-type]
+                version=key[0],
                 domain=key[1],
                 template_id=key[2],
                 options=layout.options,
