@@ -18,6 +18,8 @@ from collector.layout import Layout, Row, convert
 MAX_DOMAINS = 100_000
 # Samplers per domain; exporters define a handful.
 MAX_SAMPLERS = 256
+# Interface and VRF names per domain; a large router has a few thousand.
+MAX_NAMES = 16_384
 
 _SAMPLER_IDS = ("samplerId", "selectorId")
 
@@ -28,6 +30,8 @@ class DomainOptions:
 
     sampling: dict[int, int] = field(default_factory=dict)
     system_init_ms: int | None = None
+    interfaces: dict[int, str] = field(default_factory=dict)
+    vrfs: dict[int, str] = field(default_factory=dict)
 
 
 def sampling_interval(values: dict[str, Any]) -> int | None:
@@ -56,6 +60,23 @@ def sampler_id(layout: Layout, row: Row) -> int:
     return 0
 
 
+def _name_entry(
+    values: dict[str, Any], ids: tuple[str, ...], names: tuple[str, ...]
+) -> tuple[int, str] | None:
+    """Return (id, name) when an options record names an interface or VRF."""
+    number = next((values[n] for n in ids if isinstance(values.get(n), int)), None)
+    name = next((values[n] for n in names if isinstance(values.get(n), str)), None)
+    if number is None or not name:
+        return None
+    return number, name
+
+
+def _put(table: dict[int, Any], key: int, value: Any, cap: int) -> None:
+    """Set one entry unless the table is full of other keys."""
+    if key in table or len(table) < cap:
+        table[key] = value
+
+
 class OptionsStore:
     """Options state per (exporter, observation domain), bounded."""
 
@@ -64,14 +85,21 @@ class OptionsStore:
         self._domains: OrderedDict[tuple[str, int], DomainOptions] = OrderedDict()
 
     def learn(self, batch: Batch) -> None:
-        """Take sampling and clock values from a batch of options records."""
+        """Take sampling, clock and names from a batch of options records."""
         context = batch.context
         key = (context.exporter, context.domain)
         for row in batch.rows:
             values = batch.layout.values(row)
             interval = sampling_interval(values)
             init = values.get("systemInitTimeMilliseconds")
-            if interval is None and not isinstance(init, int):
+            interface = _name_entry(
+                values,
+                ("ingressInterface", "scopeInterface", "egressInterface"),
+                ("interfaceName", "interfaceDescription"),
+            )
+            vrf = _name_entry(values, ("ingressVRFID", "egressVRFID"), ("VRFname",))
+            has_init = isinstance(init, int)
+            if interval is None and not has_init and not (interface or vrf):
                 continue
             domain = self._domain(key)
             if isinstance(init, int):
@@ -81,8 +109,11 @@ class OptionsStore:
                     (values[n] for n in _SAMPLER_IDS if isinstance(values.get(n), int)),
                     0,
                 )
-                if sampler in domain.sampling or len(domain.sampling) < MAX_SAMPLERS:
-                    domain.sampling[sampler] = interval
+                _put(domain.sampling, sampler, interval, MAX_SAMPLERS)
+            if interface:
+                _put(domain.interfaces, interface[0], interface[1], MAX_NAMES)
+            if vrf:
+                _put(domain.vrfs, vrf[0], vrf[1], MAX_NAMES)
 
     def get(self, exporter: str, domain: int) -> DomainOptions | None:
         """Return the options state of a domain, if any options arrived."""

@@ -152,6 +152,12 @@ def build_flow(
     if sampling is None and context.sampling_interval:
         sampling = context.sampling_interval
 
+    input_interface = _int(values, "ingressInterface")
+    output_interface = _int(values, "egressInterface")
+    vrf = _int(values, "ingressVRFID", "egressVRFID")
+    names = options.interfaces if options is not None else {}
+    vrfs = options.vrfs if options is not None else {}
+
     return FlowRecord(
         exporter=ipaddress.ip_address(context.exporter),
         exporter_port=context.port,
@@ -171,8 +177,11 @@ def build_flow(
         end=_datetime(end_ms),
         time_trusted=trusted,
         tcp_flags=_int(values, "tcpControlBits"),
-        input_interface=_int(values, "ingressInterface"),
-        output_interface=_int(values, "egressInterface"),
+        input_interface=input_interface,
+        output_interface=output_interface,
+        input_interface_name=names.get(input_interface or -1),
+        output_interface_name=names.get(output_interface or -1),
+        vrf_name=vrfs.get(vrf if vrf is not None else -1),
         next_hop=_address(values, "ipNextHopIPv4Address", "ipNextHopIPv6Address"),
         sampling_interval=sampling,
         export_time=_datetime(export_ms),

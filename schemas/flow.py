@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, computed_field
 
 
 class FlowRecord(BaseModel):
@@ -40,11 +40,34 @@ class FlowRecord(BaseModel):
     tcp_flags: int | None = None
     input_interface: int | None = None
     output_interface: int | None = None
+    input_interface_name: str | None = Field(
+        default=None, description="From the exporter's interface options records."
+    )
+    output_interface_name: str | None = None
+    vrf_name: str | None = Field(
+        default=None, description="From the exporter's VRF options records."
+    )
     next_hop: IPvAnyAddress | None = None
     sampling_interval: int | None = Field(
         default=None, description="Sampling interval as exported (1 in N packets)."
     )
     export_time: datetime = Field(description="Export time from the packet header.")
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def packets_scaled(self) -> int | None:
+        """Packets multiplied by the sampling interval: the estimate of the truth."""
+        if self.packets is None:
+            return None
+        return self.packets * (self.sampling_interval or 1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def bytes_scaled(self) -> int | None:
+        """Bytes multiplied by the sampling interval."""
+        if self.bytes is None:
+            return None
+        return self.bytes * (self.sampling_interval or 1)
+
     fields: dict[str, Any] = Field(
         default_factory=dict,
         description="Every decoded field by information-element name; repeats of "
