@@ -53,6 +53,15 @@ _KIND_BY_TYPE = {
     "string": Kind.STRING,
 }
 
+# Early Cisco ASA NSEL ids: the same meaning as the IANA elements named here.
+_ASA_LEGACY = {
+    40001: ("postNATSourceIPv4Address", Kind.IPV4),
+    40002: ("postNATDestinationIPv4Address", Kind.IPV4),
+    40003: ("postNAPTSourceTransportPort", Kind.UNSIGNED),
+    40004: ("postNAPTDestinationTransportPort", Kind.UNSIGNED),
+    40005: ("firewallEvent", Kind.UNSIGNED),
+}
+
 # Cisco's v9 documents name these ids; IANA either leaves them unassigned or gives
 # them another meaning only in IPFIX. Only ids absent from the IANA table use them.
 _V9_ONLY_KINDS = {
@@ -132,6 +141,10 @@ def lookup(element_id: int, enterprise: int = 0) -> Element:
     iana = _IANA.get(element_id)
     if iana is not None and iana[1] != "" and iana[0] != "Reserved":
         return Element(iana[0], _KIND_BY_TYPE.get(iana[1], Kind.BYTES))
+
+    legacy = _ASA_LEGACY.get(element_id)
+    if legacy is not None:
+        return Element(*legacy)
 
     v9_name = V9_FIELD_TYPES.get(element_id)
     if v9_name is not None and element_id != 0:

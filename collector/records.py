@@ -49,42 +49,65 @@ def _ntp_to_ms(value: int, nanoseconds: bool) -> int:
     return seconds * 1000 + (fraction * 1000 >> 32) - _NTP_TO_UNIX_MS
 
 
-def _pair(values: dict[str, Any], start: str, end: str) -> tuple[int, int] | None:
-    """Return two integer fields when both are present."""
-    first = values.get(start)
-    last = values.get(end)
-    if isinstance(first, int) and isinstance(last, int):
-        return first, last
+def _stamp(
+    values: dict[str, Any],
+    edge: str,
+    context: ExportContext,
+    system_init_ms: int | None,
+) -> int | None:
+    """Return one edge ("Start" or "End") of a flow in epoch ms, or None."""
+    value = values.get(f"flow{edge}Milliseconds")
+    if isinstance(value, int):
+        return value
+    value = values.get(f"flow{edge}Seconds")
+    if isinstance(value, int):
+        return value * 1000
+    value = values.get(f"flow{edge}Microseconds")
+    if isinstance(value, int):
+        return _ntp_to_ms(value, False)
+    value = values.get(f"flow{edge}Nanoseconds")
+    if isinstance(value, int):
+        return _ntp_to_ms(value, True)
+    value = values.get(f"flow{edge}DeltaMicroseconds")
+    if isinstance(value, int):
+        # RFC 7011 §6.1: deltas count back from the export time.
+        return context.export_time_ms - value // 1000
+    value = values.get(f"flow{edge}SysUpTime")
+    if isinstance(value, int):
+        init = values.get("systemInitTimeMilliseconds", system_init_ms)
+        if isinstance(init, int):
+            return init + value
+        return _uptime_to_ms(value, context)
     return None
+
+
+def _observed(values: dict[str, Any]) -> int | None:
+    """Return the observation (event) time in epoch ms, if the record has one."""
+    value = values.get("observationTimeMilliseconds")
+    if isinstance(value, int):
+        return value
+    value = values.get("observationTimeSeconds")
+    return value * 1000 if isinstance(value, int) else None
 
 
 def flow_times(
     values: dict[str, Any], context: ExportContext, system_init_ms: int | None = None
 ) -> tuple[int, int] | None:
-    """Return (start, end) in epoch ms from whichever time encoding is present."""
-    if pair := _pair(values, "flowStartMilliseconds", "flowEndMilliseconds"):
-        return pair
-    if pair := _pair(values, "flowStartSeconds", "flowEndSeconds"):
-        return pair[0] * 1000, pair[1] * 1000
-    if pair := _pair(values, "flowStartMicroseconds", "flowEndMicroseconds"):
-        return _ntp_to_ms(pair[0], False), _ntp_to_ms(pair[1], False)
-    if pair := _pair(values, "flowStartNanoseconds", "flowEndNanoseconds"):
-        return _ntp_to_ms(pair[0], True), _ntp_to_ms(pair[1], True)
-    if pair := _pair(values, "flowStartDeltaMicroseconds", "flowEndDeltaMicroseconds"):
-        # RFC 7011 §6.1: deltas count back from the export time.
-        return (
-            context.export_time_ms - pair[0] // 1000,
-            context.export_time_ms - pair[1] // 1000,
-        )
-    if pair := _pair(values, "flowStartSysUpTime", "flowEndSysUpTime"):
-        init = values.get("systemInitTimeMilliseconds", system_init_ms)
-        if isinstance(init, int):
-            return init + pair[0], init + pair[1]
-        start = _uptime_to_ms(pair[0], context)
-        end = _uptime_to_ms(pair[1], context)
-        if start is not None and end is not None:
-            return start, end
-    return None
+    """Return (start, end) in epoch ms from whichever time encodings are present.
+
+    Start and end may use different encodings. Firewalls that report events
+    rather than flows (Cisco ASA NSEL) send a start and an event time only: the
+    event time then stands for the end.
+    """
+    start = _stamp(values, "Start", context, system_init_ms)
+    end = _stamp(values, "End", context, system_init_ms)
+    if end is None:
+        end = _observed(values)
+    if start is None:
+        start = end
+    if start is None:
+        return None
+    return start, end if end is not None else start
 
 
 def _first(values: dict[str, Any], *names: str) -> Any:

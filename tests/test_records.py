@@ -133,3 +133,38 @@ def test_flow_record_carries_sampling_from_options() -> None:
     assert flow.dst_port == 631
     assert flow.time_trusted is True
     assert flow.start == datetime(2026, 1, 15, 9, 59, 59, tzinfo=UTC)
+
+
+def test_cisco_asa_nsel_record_reads_event_time_and_initiator_counters() -> None:
+    """NSEL: start plus event time, bytes from initiatorOctets, legacy xlate ids."""
+    from pathlib import Path
+
+    from collector.decoder import Decoder
+    from tests.conftest import CAPTURES, require_corpus
+
+    require_corpus()
+    codecs = Path(CAPTURES) / "logstash-codec-netflow" / "spec" / "codecs"
+    decoder = Decoder()
+    flows = []
+    for name in (
+        "netflow9_test_cisco_asa_2_tpl_26x.dat",
+        "netflow9_test_cisco_asa_2_tpl_27x.dat",
+        "netflow9_test_cisco_asa_2_data.dat",
+        "netflow9_test_cisco_asa_1_tpl.dat",
+        "netflow9_test_cisco_asa_1_data.dat",
+    ):
+        out = decoder.decode((codecs / name).read_bytes(), "192.0.2.1", 2055, 0.0)
+        flows += [build_flow(b.layout, r, b.context) for b in out.flows for r in b.rows]
+    created = next(f for f in flows if f.fields.get("firewallEvent") == 2)
+    assert created.bytes == created.fields["initiatorOctets"] == 81
+    assert created.fields["responderOctets"] == 763
+    assert created.time_trusted
+    assert created.start is not None
+    assert created.end is not None
+    assert (created.end - created.start).total_seconds() == 0.06
+    legacy = next(
+        f
+        for f in flows
+        if "postNATSourceIPv4Address" in f.fields and f.fields.get("flowId") == 8500
+    )
+    assert legacy.fields["postNATSourceIPv4Address"] == "192.168.14.1"
