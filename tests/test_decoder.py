@@ -376,3 +376,53 @@ def test_mutated_packet_never_escapes_the_decoder(position: int, value: int) -> 
     decode(decoder, bytes(packet))
     decode(decoder, v9_packet(TEMPLATE_256, DATA_256))
     assert decoder.stats.errors["decoder_bug"] == 0
+
+
+def test_ipv6_addresses_and_next_hops_decode_in_v9() -> None:
+    """v9 elements 27, 28, 62 and 63 are IPv6 addresses."""
+    address = bytes.fromhex("20010db8000000000000000000000001")
+    template = flowset(
+        0, template_record(256, ((27, 16), (28, 16), (62, 16), (63, 16)))
+    )
+    data = flowset(256, address * 4)
+    records = decode(Decoder(), v9_packet(template, data))
+    assert records == [
+        {
+            "sourceIPv6Address": "2001:db8::1",
+            "destinationIPv6Address": "2001:db8::1",
+            "ipNextHopIPv6Address": "2001:db8::1",
+            "bgpNextHopIPv6Address": "2001:db8::1",
+        }
+    ]
+
+
+def test_v9_variable_length_field_is_read_like_ipfix() -> None:
+    """Some v9 exporters (H3C) send length 65535 with the IPFIX length prefix."""
+    template = flowset(0, template_record(256, ((4, 1), (82, 0xFFFF))))
+    data = flowset(256, b"\x06" + b"\x04" + b"eth0")
+    records = decode(Decoder(), v9_packet(template, data))
+    assert records == [{"protocolIdentifier": 6, "interfaceName": "eth0"}]
+
+
+def test_zero_length_field_is_absent_and_neighbours_decode() -> None:
+    """A field of length 0 takes no bytes and yields no value (B29, B30)."""
+    template = flowset(2, template_record(256, ((150, 0), (4, 1), (151, 0))))
+    data = flowset(256, b"\x11\x06")
+    records = decode(Decoder(), ipfix(template, data))
+    assert records == [{"protocolIdentifier": 17}, {"protocolIdentifier": 6}]
+
+
+def test_oversize_and_odd_length_fields_are_kept_by_template_length() -> None:
+    """A 16-byte counter is kept as bytes; a 4-byte address field of 5 bytes too."""
+    template = flowset(2, template_record(256, ((1, 16), (8, 5), (2, 8))))
+    data = flowset(
+        256, b"\x00" * 15 + b"\x01" + b"\x0a\x00\x00\x01\x00" + b"\x00" * 7 + b"\x09"
+    )
+    records = decode(Decoder(), ipfix(template, data))
+    assert records == [
+        {
+            "octetDeltaCount": "00" * 15 + "01",
+            "sourceIPv4Address": "0a00000100",
+            "packetDeltaCount": 9,
+        }
+    ]
