@@ -154,19 +154,40 @@ class Decoder:
     def _decode_v5(
         self, data: bytes, exporter: str, port: int, received: float, out: Decoded
     ) -> None:
-        """Decode a v5 export packet: a 24-byte header and 48-byte records."""
+        """Decode v5 export packets; captures written to files may chain several."""
         if len(data) < _V5_HEADER.size:
             self.stats.error(exporter, "truncated_header")
             return
+        offset = 0
+        while True:
+            offset = self._v5_packet(data, offset, exporter, port, received, out)
+            rest = len(data) - offset
+            if rest < _V5_HEADER.size or data[offset : offset + 2] != b"\x00\x05":
+                break
+            self.stats.add("chained_messages")
+        if any(data[offset:]):
+            self.stats.error(exporter, "v5_count_mismatch")
+
+    def _v5_packet(
+        self,
+        data: bytes,
+        offset: int,
+        exporter: str,
+        port: int,
+        received: float,
+        out: Decoded,
+    ) -> int:
+        """Decode one v5 packet at offset: a 24-byte header, 48-byte records."""
         _, count, uptime, secs, nsecs, sequence, engine_type, engine_id, sampling = (
-            _V5_HEADER.unpack_from(data)
+            _V5_HEADER.unpack_from(data, offset)
         )
-        fit = (len(data) - _V5_HEADER.size) // V5_RECORD_LENGTH
-        if count != fit:
+        start = offset + _V5_HEADER.size
+        fit = (len(data) - start) // V5_RECORD_LENGTH
+        if count > fit:
             # The header count is not trusted (B23); keep the records that fit.
             self.stats.error(exporter, "v5_count_mismatch")
-        used = min(count, fit) * V5_RECORD_LENGTH
-        rows, _ = V5_LAYOUT.rows(data[_V5_HEADER.size : _V5_HEADER.size + used])
+        end = start + min(count, fit) * V5_RECORD_LENGTH
+        rows, _ = V5_LAYOUT.rows(data[start:end])
 
         context = ExportContext(
             exporter=exporter,
@@ -185,6 +206,7 @@ class Decoder:
             self.stats.add("flow_records", len(rows))
         # v5 numbers flow records (Cisco's v5 format: flow_sequence).
         self._sequence(context, len(rows))
+        return end
 
     def _decode_v9(
         self, data: bytes, exporter: str, port: int, received: float, out: Decoded
@@ -262,7 +284,9 @@ class Decoder:
         )
         self._message_records = 0
         self._message_held = False
-        self._walk(data, offset + _IPFIX_HEADER.size, end, context, _IPFIX_SETS, out)
+        end = self._walk(
+            data, offset + _IPFIX_HEADER.size, end, context, _IPFIX_SETS, out
+        )
         self._sequence(context, None if self._message_held else self._message_records)
         return end
 
@@ -274,20 +298,25 @@ class Decoder:
         context: ExportContext,
         sets: _Sets,
         out: Decoded,
-    ) -> None:
-        """Visit every flowset by its declared length until the packet ends."""
+    ) -> int:
+        """Visit every flowset by its declared length; return where the walk ended."""
         state = self.store.exporter(context.exporter, context.port)
         if state is None:
-            return
+            return end
         exporter = context.exporter
         while end - offset >= _SET_HEADER.size:
             set_id, length = _SET_HEADER.unpack_from(data, offset)
+            if sets.ipfix and end < offset + length <= len(data) and length >= 4:
+                # The message length understates the message (seen from
+                # generators): the set still fits the datagram, so keep it.
+                self.stats.error(exporter, "message_length_short")
+                end = offset + length
             if length < _SET_HEADER.size or offset + length > end:
                 # Zero fill after the last flowset is padding (Palo Alto, NX-OS);
                 # anything else is a bad length that ends this packet.
                 if any(data[offset:end]):
                     self.stats.error(exporter, "flowset_length")
-                return
+                return end
             body = data[offset + _SET_HEADER.size : offset + length]
             offset += length
             self.stats.add("flowsets")
@@ -305,6 +334,7 @@ class Decoder:
 
         if any(data[offset:end]):
             self.stats.error(exporter, "trailing_bytes")
+        return end
 
     def _templates(
         self,

@@ -186,11 +186,19 @@ EXPECTED_COUNTS = [
     ),
     pytest.param(
         "logstash: Netflow 5 generic",
-        # The file is 12 v5 packets back to back (30 records); read as one export
-        # packet only the first header's 2 records count, the rest is surplus.
+        # The file is 12 v5 packets back to back (30 records), as a capture tool
+        # wrote them: each header's count is right, so all are decoded.
+        {"flow_records": 30, "chained_messages": 11},
+        {},
+        id="v5-packets-back-to-back-all-decoded",
+    ),
+    pytest.param(
+        "telegraf: issue_14370",
+        # The IPFIX header says 290 bytes, the datagram and its last set run to
+        # 292: the set fits the datagram, so its record is kept and counted.
         {"flow_records": 2},
-        {"v5_count_mismatch": 1},
-        id="v5-surplus-bytes-beyond-count-ignored",
+        {"message_length_short": 1},
+        id="ipfix-understated-message-length-keeps-last-set",
     ),
     pytest.param(
         "logstash: IPFIX Netscaler with variable length fields, missing templates",

@@ -227,7 +227,8 @@ def netflow_records(source: str) -> list[NetflowRecord]:
     for exporter, _, _, data in source_datagrams(source):
         version = int.from_bytes(data[:2], "big")
         if version == 5:
-            records += [(5, flow.data) for flow in V5ExportPacket(data).flows]
+            for packet in _v5_packets(data):
+                records += [(5, flow.data) for flow in V5ExportPacket(packet).flows]
         elif version == 9:
             domain = int.from_bytes(data[16:20], "big")
             scope = scopes.setdefault((exporter, 9, domain), _Scope())
@@ -242,6 +243,18 @@ def netflow_records(source: str) -> list[NetflowRecord]:
     if any(scope.retry for scope in scopes.values()):
         raise NotComparable(NEVER_ARRIVES)
     return records
+
+
+def _v5_packets(data: bytes) -> list[bytes]:
+    """Split v5 packets written back to back; netflow reads only the first."""
+    packets = []
+    offset = 0
+    while len(data) - offset >= 24 and data[offset : offset + 2] == b"\x00\x05":
+        count = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        end = min(len(data), offset + 24 + 48 * count)
+        packets.append(data[offset:end])
+        offset = end
+    return packets
 
 
 def _netflow_parse(data: bytes, version: int, templates: dict[int, Any]) -> Any:
