@@ -52,6 +52,7 @@ class FlowRecord(BaseModel):
         default=None, description="Sampling interval as exported (1 in N packets)."
     )
     export_time: datetime = Field(description="Export time from the packet header.")
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def packets_scaled(self) -> int | None:
