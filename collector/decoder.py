@@ -186,7 +186,7 @@ class Decoder:
         if count > fit:
             # The header count is not trusted (B23); keep the records that fit.
             self.stats.error(exporter, "v5_count_mismatch")
-        end = start + min(count, fit) * V5_RECORD_LENGTH
+        end = start + min(int(count), fit) * V5_RECORD_LENGTH
         rows, _ = V5_LAYOUT.rows(data[start:end])
 
         context = ExportContext(
@@ -300,7 +300,7 @@ class Decoder:
         out: Decoded,
     ) -> int:
         """Visit every flowset by its declared length; return where the walk ended."""
-        state = self.store.exporter(context.exporter, context.port)
+        state = self.store.exporter(context.exporter, context.port, context.received)
         if state is None:
             return end
         exporter = context.exporter
@@ -495,17 +495,24 @@ class Decoder:
         if template_id < 256:
             self.stats.error(context.exporter, "template_id_reserved")
             return
+        key: TemplateKey = (context.version, context.domain, template_id)
+        options = options or scope_count > 0
+        if self.store.refresh(state, key, fields, options, context.received):
+            # Most exporters resend the same template in every packet or every
+            # few: only its time is updated, nothing is compiled again.
+            return
+        if not self.store.may_change(state, key, len(fields), context.received):
+            return
         layout = Layout.compile(
             template_id,
             fields,
-            options=options or scope_count > 0,
+            options=options,
             scope_count=scope_count,
         )
         if layout.record_length == 0:
             # A record of zero bytes cannot be walked (B29): refuse the template.
             self.stats.error(context.exporter, "template_empty_record")
             return
-        key: TemplateKey = (context.version, context.domain, template_id)
         if not self.store.learn(state, key, layout, context.received):
             return
         for held in self.store.release(state, key):

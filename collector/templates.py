@@ -12,10 +12,14 @@ import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from collector.layout import Layout
+from collector.layout import FieldSpec, Layout
+from collector.ratelimit import RateLimit
 from collector.stats import Stats
 
 log = logging.getLogger(__name__)
+
+# How many of the least recent exporters are looked at to make room for a new one.
+_EVICTION_SCAN = 64
 
 TemplateKey = tuple[int, int, int]
 """(version, observation domain id, template id) within one exporter."""
@@ -27,8 +31,16 @@ class Limits:
 
     # One exporter's state is a few kB plus its templates and held data.
     max_exporters: int = 10_000
-    # A layout costs about 2 kB; real exporters define tens, not hundreds.
+    # Real exporters define tens of templates, not hundreds.
     max_templates_per_exporter: int = 256
+    # A compiled template costs about 60 bytes a field: these bound the memory
+    # templates can take (1,000,000 fields is about 60 MB).
+    max_template_fields_per_exporter: int = 8_192
+    max_template_fields_total: int = 1_000_000
+    # Template changes (not refreshes) each cost a compile; an exporter gets this
+    # many a second on average, in bursts of up to template_change_burst.
+    template_changes_per_second: float = 20.0
+    template_change_burst: float = 200.0
     # Held flowsets cost their size; Juniper and pmacct restarts need a few.
     held_flowsets_per_exporter: int = 64
     held_bytes_per_exporter: int = 256 * 1024
@@ -77,6 +89,11 @@ class ExporterState:
     refreshed: dict[TemplateKey, float] = field(default_factory=dict)
     held: deque[Held] = field(default_factory=deque)
     held_bytes: int = 0
+    last_seen: float = 0.0
+    fields: int = 0
+    # Token bucket for template changes (see Limits.template_changes_per_second).
+    change_tokens: float = -1.0
+    change_time: float = 0.0
 
 
 class TemplateStore:
@@ -88,52 +105,121 @@ class TemplateStore:
         self.stats = stats
         self._exporters: OrderedDict[tuple[str, int], ExporterState] = OrderedDict()
         self._held_total = 0
+        self._fields_total = 0
+        self._change_logs = RateLimit(per_minute=6)
 
-    def exporter(self, address: str, port: int) -> ExporterState | None:
+    def exporter(
+        self, address: str, port: int, now: float = 0.0
+    ) -> ExporterState | None:
         """Return an exporter's state, creating it while under the exporter cap."""
         key = (address, port if self.limits.scope_by_port else 0)
         state = self._exporters.get(key)
         if state is not None:
+            state.last_seen = now
+            self._exporters.move_to_end(key)
             return state
-        if len(self._exporters) >= self.limits.max_exporters:
+        if len(self._exporters) >= self.limits.max_exporters and not self._evict_idle():
             self.stats.error(address, "exporter_limit")
             return None
-        state = ExporterState(address=address)
+        state = ExporterState(address=address, last_seen=now)
         self._exporters[key] = state
         self.stats.add("exporters")
         log.info("new exporter", extra={"exporter": address})
         return state
 
+    def _evict_idle(self) -> bool:
+        """Make room by forgetting the least recent exporter that holds nothing.
+
+        An exporter with templates or held data is never evicted to make room:
+        spoofed sources must not push real exporters out. Only the oldest few
+        are looked at, so a flood of new sources costs little.
+        """
+        for key, state in list(self._exporters.items())[:_EVICTION_SCAN]:
+            if not state.templates and not state.held:
+                del self._exporters[key]
+                self.stats.add("exporters_evicted")
+                return True
+        return False
+
+    def refresh(
+        self,
+        state: ExporterState,
+        key: TemplateKey,
+        fields: tuple[FieldSpec, ...],
+        options: bool,
+        now: float,
+    ) -> bool:
+        """Note a template sent again unchanged; return False if it is new or changed."""
+        old = state.templates.get(key)
+        if old is None or old.fields != fields or old.options != options:
+            return False
+        state.refreshed[key] = now
+        return True
+
+    def may_change(
+        self, state: ExporterState, key: TemplateKey, field_count: int, now: float
+    ) -> bool:
+        """Check the caps a new or changed template must pass before compiling."""
+        limits = self.limits
+        old = state.templates.get(key)
+        old_fields = len(old.fields) if old is not None else 0
+        if old is None and len(state.templates) >= limits.max_templates_per_exporter:
+            self.stats.error(state.address, "template_limit")
+            return False
+        growth = field_count - old_fields
+        if (
+            state.fields + growth > limits.max_template_fields_per_exporter
+            or self._fields_total + growth > limits.max_template_fields_total
+        ):
+            self.stats.error(state.address, "template_fields_limit")
+            return False
+        if state.change_tokens < 0:
+            state.change_tokens = limits.template_change_burst
+        else:
+            elapsed = max(0.0, now - state.change_time)
+            state.change_tokens = min(
+                limits.template_change_burst,
+                state.change_tokens + elapsed * limits.template_changes_per_second,
+            )
+        state.change_time = now
+        if state.change_tokens < 1:
+            self.stats.error(state.address, "template_change_rate")
+            return False
+        state.change_tokens -= 1
+        return True
+
     def learn(
         self, state: ExporterState, key: TemplateKey, layout: Layout, now: float
     ) -> bool:
-        """Store a template; return False when the per-exporter cap refuses it."""
+        """Store a new or changed template (the caller checked may_change)."""
         old = state.templates.get(key)
-        if (
-            old is None
-            and len(state.templates) >= self.limits.max_templates_per_exporter
-        ):
-            self.stats.error(state.address, "template_limit")
-            return False
+        growth = len(layout.fields) - (len(old.fields) if old is not None else 0)
         if old is None:
             self.stats.add("templates_learned")
             log.debug(
-                "template learned",
-                extra={"exporter": state.address, "template": key},
+                "template learned", extra={"exporter": state.address, "template": key}
             )
         elif old.fields != layout.fields or old.options != layout.options:
             self.stats.add("templates_changed")
-            log.info(
-                "template changed",
-                extra={"exporter": state.address, "template": key},
-            )
-        else:
-            # A refresh of the same template keeps the compiled layout (and
-            # anything cached on it).
-            layout = old
+            if self._change_logs.allow(state.address):
+                log.info(
+                    "template changed",
+                    extra={"exporter": state.address, "template": key},
+                )
         state.templates[key] = layout
         state.refreshed[key] = now
+        state.fields += growth
+        self._fields_total += growth
         return True
+
+    def _forget(self, state: ExporterState, key: TemplateKey) -> Layout | None:
+        """Remove one template and its accounting; return it if it existed."""
+        layout = state.templates.pop(key, None)
+        state.refreshed.pop(key, None)
+        if layout is not None:
+            state.fields -= len(layout.fields)
+            self._fields_total -= len(layout.fields)
+        return layout
 
     def expire_templates(self, now: float) -> int:
         """Drop templates not refreshed within the age limit; return how many."""
@@ -145,8 +231,7 @@ class TemplateStore:
         for state in self._exporters.values():
             stale = [key for key, seen in state.refreshed.items() if seen < horizon]
             for key in stale:
-                del state.templates[key]
-                del state.refreshed[key]
+                self._forget(state, key)
             expired += len(stale)
         if expired:
             self.stats.add("templates_expired", expired)
@@ -159,8 +244,7 @@ class TemplateStore:
 
     def withdraw(self, state: ExporterState, key: TemplateKey, exporter: str) -> None:
         """Remove one template (RFC 7011 §8.1); an unknown one is only counted."""
-        state.refreshed.pop(key, None)
-        if state.templates.pop(key, None) is None:
+        if self._forget(state, key) is None:
             self.stats.error(exporter, "withdraw_unknown_template")
         else:
             self.stats.add("templates_withdrawn")
@@ -175,8 +259,7 @@ class TemplateStore:
             if key[0] == version and key[1] == domain and layout.options == options
         ]
         for key in doomed:
-            del state.templates[key]
-            state.refreshed.pop(key, None)
+            self._forget(state, key)
         self.stats.add("templates_withdrawn", len(doomed))
 
     def hold(self, state: ExporterState, held: Held, now: float) -> None:
@@ -224,6 +307,15 @@ class TemplateStore:
         for state in self._exporters.values():
             self.expire_held(state, now)
         self.expire_templates(now)
+        # Exporters are kept least recent first: forget the silent ones that
+        # no longer hold anything, so that their slots are free again.
+        horizon = now - self.limits.held_max_age
+        for key, state in list(self._exporters.items()):
+            if state.last_seen >= horizon:
+                break
+            if not state.templates and not state.held:
+                del self._exporters[key]
+                self.stats.add("exporters_expired")
 
     def drain_held(self) -> int:
         """Drop every held flowset (at shutdown), returning how many there were."""

@@ -426,3 +426,48 @@ def test_oversize_and_odd_length_fields_are_kept_by_template_length() -> None:
             "packetDeltaCount": 9,
         }
     ]
+
+
+def test_unchanged_template_resent_is_not_compiled_again() -> None:
+    """A template resent with the same fields keeps its compiled layout."""
+    decoder = Decoder()
+    decode(decoder, v9_packet(TEMPLATE_256))
+    state = decoder.store.exporter(EXPORTER, 0)
+    assert state is not None
+    first = state.templates[(9, 0, 256)]
+    decode(decoder, v9_packet(TEMPLATE_256, DATA_256))
+    assert state.templates[(9, 0, 256)] is first
+    assert decoder.stats.counts["templates_learned"] == 1
+
+
+def test_template_churn_is_rate_limited_per_exporter() -> None:
+    """An exporter redefining a template in every packet is held to the budget."""
+    decoder = Decoder(Limits(template_change_burst=5, template_changes_per_second=1))
+    for length in range(1, 30):
+        template = flowset(0, template_record(256, ((8, 4), (7, 1 + length % 2))))
+        decoder.decode(v9_packet(template), EXPORTER, 9995, 1000.0)
+    assert decoder.stats.counts["templates_learned"] == 1
+    assert decoder.stats.counts["templates_changed"] == 4
+    # Of the 24 later packets, half repeat the stored template (a refresh).
+    assert decoder.stats.errors["template_change_rate"] == 12
+
+
+def test_template_fields_are_capped_in_total() -> None:
+    """Large templates from many exporters stop at the global field budget."""
+    decoder = Decoder(Limits(max_template_fields_total=2_500))
+    big = tuple((8, 4) for _ in range(1_000))
+    for last in range(1, 5):
+        template = flowset(0, template_record(256, big))
+        decoder.decode(v9_packet(template), f"192.0.2.{last}", 9995, 0.0)
+    assert decoder.stats.counts["templates_learned"] == 2
+    assert decoder.stats.errors["template_fields_limit"] == 2
+
+
+def test_exporters_holding_nothing_make_room_for_new_ones() -> None:
+    """Header-only packets from spoofed sources cannot lock real exporters out."""
+    decoder = Decoder(Limits(max_exporters=50))
+    for last in range(1, 60):
+        decoder.decode(v9_header(), f"198.51.100.{last}", 9995, 0.0)
+    records = decode(decoder, v9_packet(TEMPLATE_256, DATA_256), exporter="192.0.2.99")
+    assert len(records) == 1
+    assert decoder.stats.errors["exporter_limit"] == 0
