@@ -149,7 +149,7 @@ class TemplateStore:
         options: bool,
         now: float,
     ) -> bool:
-        """Note a template sent again unchanged; return False if it is new or changed."""
+        """Note a template resent unchanged; return False if it is new or changed."""
         old = state.templates.get(key)
         if old is None or old.fields != fields or old.options != options:
             return False
