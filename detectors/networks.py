@@ -23,6 +23,15 @@ _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _CACHE_SIZE = 65_536
 
 
+def _unmapped(address: IPAddress) -> IPAddress:
+    """Return the IPv4 address inside an IPv4-mapped IPv6 one (::ffff:a.b.c.d)."""
+    if address.version == 6:
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return mapped
+    return address
+
+
 class Networks:
     """Classifies addresses as internal or external by a list of networks."""
 
@@ -33,18 +42,22 @@ class Networks:
 
     def _is_internal(self, address: IPAddress) -> bool:
         """Return True when the address lies in an internal network."""
+        address = _unmapped(address)
         return any(
             address.version == net.version and address in net for net in self.internal
         )
 
     def is_external_unicast(self, address: IPAddress) -> bool:
         """Return True for an external address that names one host."""
+        address = _unmapped(address)
         return not (
             self.is_internal(address)
             or address.is_multicast
             or address.is_unspecified
             or address.is_loopback
             or address == _LIMITED_BROADCAST
+            # 240.0.0.0/4 is reserved and never routed (RFC 1112 §4).
+            or (address.version == 4 and address.is_reserved)
         )
 
     def is_internal_unicast(self, address: IPAddress) -> bool:
