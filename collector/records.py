@@ -13,6 +13,8 @@ from collector.templates import ExportContext
 from schemas.flow import FlowRecord
 
 _UPTIME_WRAP = 1 << 32
+# No flow time is believed past 2100-01-01, whatever the tolerance.
+_LATEST_MS = 4_102_444_800_000
 _NTP_TO_UNIX_MS = 2_208_988_800_000
 
 
@@ -140,8 +142,8 @@ def _address(
 
 
 def _datetime(epoch_ms: int) -> datetime:
-    """Turn epoch ms into an aware UTC datetime."""
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    """Turn epoch ms into an aware UTC datetime (clamped to what datetime holds)."""
+    return datetime.fromtimestamp(min(max(epoch_ms, 0), _LATEST_MS) / 1000, UTC)
 
 
 def build_flow(
@@ -161,7 +163,7 @@ def build_flow(
     trusted = times is not None and (
         abs(times[0] - export_ms) <= rules.tolerance_ms
         and abs(times[1] - export_ms) <= rules.tolerance_ms
-        and times[0] <= times[1]
+        and _LATEST_MS >= times[1] >= times[0] >= 0
     )
     start_ms, end_ms = (
         times if times is not None and trusted else (export_ms, export_ms)

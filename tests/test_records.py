@@ -168,3 +168,11 @@ def test_cisco_asa_nsel_record_reads_event_time_and_initiator_counters() -> None
         if "postNATSourceIPv4Address" in f.fields and f.fields.get("flowId") == 8500
     )
     assert legacy.fields["postNATSourceIPv4Address"] == "192.168.14.1"
+
+
+def test_far_future_time_is_untrusted_whatever_the_tolerance() -> None:
+    """A flow start in the year 292278994 never reaches a datetime."""
+    layout = Layout.compile(256, (FieldSpec(152, 8), FieldSpec(153, 8)))
+    row = (2**63 - 1, 2**63 - 1)
+    flow = build_flow(layout, row, context(), None, TimeRules(tolerance_ms=10**18))
+    assert flow.time_trusted is False
