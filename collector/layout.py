@@ -207,7 +207,8 @@ def convert(column: Column, value: Any) -> Any:
     if kind is Kind.MAC and size == 6:
         return value.hex(":")
     if kind is Kind.STRING:
-        return value.rstrip(b"\x00").decode("utf-8", "replace")
+        # Exporters written in C end strings with NUL and pad after it.
+        return value.split(b"\x00", 1)[0].decode("utf-8", "replace")
     return value.hex()
 
 
