@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import communityid
+
 from detectors.base import Attack
 from detectors.windows import Window
 from schemas.event import (
@@ -11,8 +13,10 @@ from schemas.event import (
     Event,
     EventInfo,
     FlowtrapInfo,
+    Interface,
     NetworkInfo,
     ObserverInfo,
+    ObserverSide,
     RelatedInfo,
     RuleInfo,
     ThreatInfo,
@@ -20,8 +24,14 @@ from schemas.event import (
     VulnerabilityInfo,
     WindowInfo,
 )
+from schemas.flow import FlowRecord
 
 _TRANSPORTS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+
+# Related addresses listed in one event; the rest are counted, not listed.
+MAX_RELATED = 32
+
+_COMMUNITY_ID = communityid.CommunityID()
 
 
 def _refs(attacks: tuple[Attack, ...]) -> ThreatRef:
@@ -33,9 +43,39 @@ def _refs(attacks: tuple[Attack, ...]) -> ThreatRef:
     )
 
 
+def community_id(flow: FlowRecord) -> str | None:
+    """Return the Community ID v1 of a flow's 5-tuple, or None when it has none."""
+    if flow.src_addr is None or flow.dst_addr is None or flow.protocol is None:
+        return None
+    ports = (flow.src_port, flow.dst_port)
+    if flow.protocol not in communityid.PORT_PROTOS:
+        ports = (None, None)
+    try:
+        key = communityid.FlowTuple(
+            flow.protocol, flow.src_addr.packed, flow.dst_addr.packed, *ports
+        )
+        return str(_COMMUNITY_ID.calc(key))
+    except communityid.Error:
+        # A port-carrying protocol exported without ports.
+        return None
+
+
+def _side(interface: int | None) -> ObserverSide | None:
+    """Return the observer side for an exported ifIndex, if any."""
+    if interface is None:
+        return None
+    return ObserverSide(interface=Interface(id=str(interface)))
+
+
+def _related(window: Window, src: str, dst: str) -> list[str]:
+    """Return the event's addresses: both endpoints first, then the rest, bounded."""
+    rest = sorted((window.related | window.destinations) - {src, dst})
+    return sorted({src, dst}) + rest[: MAX_RELATED - 2]
+
+
 def to_event(window: Window, now: datetime, seconds: float) -> Event:
     """Build the event for one closed window."""
-    finding = window.first
+    finding = window.lead or window.first
     flow = finding.flow
     rule = window.rule
     src = str(flow.src_addr)
@@ -43,15 +83,15 @@ def to_event(window: Window, now: datetime, seconds: float) -> Event:
     first_seen = window.first_seen or window.start
     last_seen = window.last_seen or first_seen
     protocol = flow.protocol or 0
-    severity = finding.severity if finding.severity is not None else rule.severity
+    risk = finding.risk_score if finding.risk_score is not None else rule.risk_score
 
     return Event(
         timestamp=now,
         event=EventInfo(
             id=window.event_id(),
             action=rule.name,
-            severity=severity,
-            risk_score=rule.risk_score,
+            severity=finding.effective_severity,
+            risk_score=risk,
             start=first_seen,
             end=last_seen,
         ),
@@ -71,11 +111,18 @@ def to_event(window: Window, now: datetime, seconds: float) -> Event:
             else "ipv4",
             iana_number=str(protocol),
             direction=finding.direction,
+            community_id=community_id(flow),
         ),
-        observer=ObserverInfo(ip=sorted(window.observers)),
-        related=RelatedInfo(ip=sorted({src, dst})),
+        observer=ObserverInfo(
+            ip=sorted(window.observers),
+            ingress=_side(flow.input_interface),
+            egress=_side(flow.output_interface),
+        ),
+        related=RelatedInfo(ip=_related(window, src, dst)),
         threat=ThreatInfo(tactic=_refs(rule.tactics), technique=_refs(rule.techniques)),
-        vulnerability=VulnerabilityInfo(id=list(rule.cves)),
+        vulnerability=VulnerabilityInfo(
+            id=list(rule.cves), reference=rule.reference if rule.cves else None
+        ),
         tags=list(rule.tags),
         message=finding.message,
         flowtrap=FlowtrapInfo(
@@ -85,11 +132,14 @@ def to_event(window: Window, now: datetime, seconds: float) -> Event:
             bytes=window.bytes,
             packets_scaled=window.packets_scaled,
             bytes_scaled=window.bytes_scaled,
+            distinct_destinations=len(window.destinations),
+            time_trusted=window.time_trusted,
             window=WindowInfo(
                 start=window.start,
                 end=window.start + timedelta(seconds=seconds),
                 seconds=seconds,
             ),
+            details=dict(finding.details),
             sample=[f.model_dump(mode="json") for f in window.sample],
         ),
     )

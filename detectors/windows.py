@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from detectors.base import Finding, Rule
-from schemas.flow import FlowRecord
+from schemas.flow import COUNTER_MAX, FlowRecord
 
 # The namespace of flowtrap's name-based event ids; fixed forever, so that ids
 # stay comparable across versions and collectors.
@@ -35,14 +35,24 @@ class WindowSettings:
     remember_closed: int = 100_000
 
 
+# Distinct destinations and related addresses counted per window; each costs
+# about 100 bytes, and a window past the cap reports the cap as "at least".
+MAX_DISTINCT = 1024
+
+
 @dataclass(slots=True)
 class Window:
-    """The aggregate of one detector's findings for one key in one time bucket."""
+    """The aggregate of one detector's findings for one key in one time bucket.
+
+    ``first`` is the finding that opened the window; ``lead`` is the one with
+    the highest severity (the first of those), which names the event.
+    """
 
     rule: Rule
     key: tuple[str, ...]
     start: datetime
     first: Finding
+    lead: Finding | None = None
     flows: int = 0
     packets: int = 0
     bytes: int = 0
@@ -50,28 +60,45 @@ class Window:
     bytes_scaled: int = 0
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    time_trusted: bool = True
     observers: set[str] = field(default_factory=set)
+    destinations: set[str] = field(default_factory=set)
+    related: set[str] = field(default_factory=set)
     sample: list[FlowRecord] = field(default_factory=list)
     reopened: int = 0
 
     def add(self, finding: Finding, sample_size: int) -> None:
         """Fold one finding into the aggregate."""
+        if self.lead is None or (
+            finding.effective_severity > self.lead.effective_severity
+        ):
+            self.lead = finding
+        for address in finding.related:
+            if len(self.related) < MAX_DISTINCT:
+                self.related.add(address)
+        if not finding.counts:
+            return
         flow = finding.flow
         packets = flow.packets or 0
         octets = flow.bytes or 0
         scale = flow.sampling_interval or 1
         self.flows += 1
-        self.packets += packets
-        self.bytes += octets
-        self.packets_scaled += packets * scale
-        self.bytes_scaled += octets * scale
+        # Sums saturate at 2**64 - 1: a JSON reader (and orjson) takes no more,
+        # and a hostile exporter can send counters that would pass it.
+        self.packets = min(self.packets + packets, COUNTER_MAX)
+        self.bytes = min(self.bytes + octets, COUNTER_MAX)
+        self.packets_scaled = min(self.packets_scaled + packets * scale, COUNTER_MAX)
+        self.bytes_scaled = min(self.bytes_scaled + octets * scale, COUNTER_MAX)
         start = flow.start or flow.export_time
         end = flow.end or start
         if self.first_seen is None or start < self.first_seen:
             self.first_seen = start
         if self.last_seen is None or end > self.last_seen:
             self.last_seen = end
+        self.time_trusted = self.time_trusted and flow.time_trusted
         self.observers.add(str(flow.exporter))
+        if flow.dst_addr is not None and len(self.destinations) < MAX_DISTINCT:
+            self.destinations.add(str(flow.dst_addr))
         if len(self.sample) < sample_size:
             self.sample.append(flow)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 SCHEMA_VERSION = 1
 
@@ -17,11 +23,20 @@ class _Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_serializer(mode="wrap")
+    def _omit_missing(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out fields without a value, as ECS documents do."""
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
 
 class EventInfo(_Strict):
     """ECS ``event.*``."""
 
-    id: str = Field(description="Deterministic UUID over detector, key and window.")
+    id: str = Field(
+        description="UUIDv5 over detector, rule version, key and window start: "
+        "the same traffic gives the same id on any collector."
+    )
     kind: Literal["alert"] = "alert"
     category: list[str] = ["network", "intrusion_detection"]
     type: list[str] = ["connection", "info"]
@@ -59,6 +74,21 @@ class NetworkInfo(_Strict):
     type: Literal["ipv4", "ipv6"]
     iana_number: str
     direction: Direction
+    community_id: str | None = Field(
+        default=None, description="Community ID v1 of the lead flow's 5-tuple."
+    )
+
+
+class Interface(_Strict):
+    """ECS ``observer.ingress.interface`` / ``observer.egress.interface``."""
+
+    id: str = Field(description="SNMP ifIndex as the exporter reported it.")
+
+
+class ObserverSide(_Strict):
+    """ECS ``observer.ingress`` / ``observer.egress``."""
+
+    interface: Interface
 
 
 class ObserverInfo(_Strict):
@@ -66,6 +96,8 @@ class ObserverInfo(_Strict):
 
     ip: list[str]
     type: str = "netflow-exporter"
+    ingress: ObserverSide | None = None
+    egress: ObserverSide | None = None
 
 
 class RelatedInfo(_Strict):
@@ -94,6 +126,8 @@ class VulnerabilityInfo(_Strict):
     """ECS ``vulnerability.*``."""
 
     id: list[str]
+    enumeration: str = "CVE"
+    reference: str | None = None
 
 
 class WindowInfo(_Strict):
@@ -110,13 +144,24 @@ class FlowtrapInfo(_Strict):
     schema_version: int = SCHEMA_VERSION
     detector: str
     flows: int
-    packets: int
-    bytes: int
-    packets_scaled: int
-    bytes_scaled: int
+    packets: int = Field(description="Packets as exported, summed.")
+    bytes: int = Field(description="Octets as exported, summed.")
+    packets_scaled: int = Field(description="Packets times each sampling interval.")
+    bytes_scaled: int = Field(description="Octets times each sampling interval.")
+    distinct_destinations: int = Field(
+        description="Destination addresses among the flows (at most 1024 counted)."
+    )
+    time_trusted: bool = Field(
+        description="False when some flow's times were replaced by its export time."
+    )
     window: WindowInfo
+    details: dict[str, str | int | float | bool] = Field(
+        default={},
+        description="What the detector adds for the lead flow, e.g. the probe a "
+        "callback followed.",
+    )
     sample: list[dict[str, Any]] = Field(
-        description="Up to a few of the flow records behind the event."
+        description="Up to sample_size of the flow records behind the event."
     )
 
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, computed_field
 
+# The largest counter JSON readers take: scaled counters saturate here.
+COUNTER_MAX = 2**64 - 1
+
 
 class FlowRecord(BaseModel):
     """One flow record, with the common fields typed and every field kept by name."""
@@ -59,7 +62,7 @@ class FlowRecord(BaseModel):
         """Packets multiplied by the sampling interval: the estimate of the truth."""
         if self.packets is None:
             return None
-        return self.packets * (self.sampling_interval or 1)
+        return min(self.packets * (self.sampling_interval or 1), COUNTER_MAX)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -67,7 +70,7 @@ class FlowRecord(BaseModel):
         """Bytes multiplied by the sampling interval."""
         if self.bytes is None:
             return None
-        return self.bytes * (self.sampling_interval or 1)
+        return min(self.bytes * (self.sampling_interval or 1), COUNTER_MAX)
 
     fields: dict[str, Any] = Field(
         default_factory=dict,

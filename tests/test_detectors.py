@@ -165,3 +165,29 @@ def test_late_finding_after_close_gets_a_new_id(detector: InternalToExternal) ->
         windows.add(finding)
     second = windows.flush()[0].event_id()
     assert first != second
+
+
+def test_counter_sums_saturate_so_the_event_still_serialises(
+    detector: InternalToExternal,
+) -> None:
+    """Two flows of 2**63 octets, sampled 1 in 2**31, still give a JSON event."""
+    import orjson
+
+    windows = Windows()
+    for offset in (0, 1):
+        record = flow(
+            "10.1.0.5", "203.0.113.10", start=T0 + timedelta(seconds=offset)
+        ).model_copy(update={"bytes": 2**63, "sampling_interval": 2**31})
+        for finding in detector.evaluate(record):
+            windows.add(finding)
+    event = to_event(windows.flush()[0], T0, 60)
+    assert event.flowtrap.bytes == 2**64 - 1
+    assert event.flowtrap.bytes_scaled == 2**64 - 1
+    assert orjson.dumps(event.model_dump(mode="json", by_alias=True))
+
+
+def test_mapped_and_reserved_addresses(detector: InternalToExternal) -> None:
+    """An IPv4-mapped internal source is internal; 240/4 is never a destination."""
+    assert list(detector.evaluate(flow("::ffff:10.1.0.5", "203.0.113.10")))
+    assert not list(detector.evaluate(flow("10.1.0.5", "240.0.0.1")))
+    assert not list(detector.evaluate(flow("10.1.0.5", "::ffff:10.1.0.6")))

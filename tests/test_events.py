@@ -1,0 +1,232 @@
+"""Events (schema v1) from every CUPS detector: schema, ids, ECS fields, OCSF.
+
+One synthetic exporter session raises all four detectors; every event it and
+the bundled exporter captures give is checked against the published schema and
+converted to OCSF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import communityid
+import jsonschema
+import orjson
+import pytest
+from py_ocsf_models.events.findings.detection_finding import DetectionFinding
+
+from collector.capture import Datagram, read_capture
+from collector.decoder import Decoder
+from collector.pipeline import Pipeline
+from detectors.cups import InternalToExternal
+from detectors.events import community_id, to_event
+from detectors.registry import build
+from detectors.windows import Windows
+from schemas.event import Event
+from schemas.ocsf import to_ocsf
+from tests.conftest import EXPORTS
+from tests.test_detectors_callback import (
+    CALLBACK_ROW,
+    EXPORT_SECS,
+    PROBE_ROW,
+    Keep,
+    export,
+    row,
+)
+from tests.test_detectors_cups import ALL, T0, context, make_flow
+
+SCHEMA = Event.model_json_schema(by_alias=True)
+
+
+def session() -> list[bytes]:
+    """Export packets that raise all four detectors once or more."""
+    egress = [row("10.1.0.5", f"203.0.113.{n}", 40001, 631, 17, n) for n in range(12)]
+    variant = row("10.1.0.9", "203.0.113.200", 41500, 80, 6, 4.0)
+    scan = [row("10.1.0.7", f"10.2.0.{n}", 40002, 631, 17, n) for n in range(1, 22)]
+    return [export(*egress), export(PROBE_ROW, CALLBACK_ROW, variant), export(*scan)]
+
+
+def replay(packets: Iterable[bytes], exporter: str = "192.0.2.1") -> list[Event]:
+    """Run export packets through a pipeline with all four detectors."""
+    sink = Keep()
+    pipeline = Pipeline(Decoder(), build(ALL, context()), Windows(), [sink])
+    pipeline.feed(Datagram(exporter, 2055, EXPORT_SECS, export(template=True)))
+    for n, data in enumerate(packets):
+        pipeline.feed(Datagram(exporter, 2055, EXPORT_SECS + n, data))
+    pipeline.flush()
+    return sink.events
+
+
+def captured_events() -> list[Event]:
+    """Events from every bundled exporter capture, all four detectors on."""
+    events = []
+    for capture in sorted(EXPORTS.glob("*.pcap")):
+        sink = Keep()
+        pipeline = Pipeline(Decoder(), build(ALL, context()), Windows(), [sink])
+        for datagram in read_capture(capture):
+            pipeline.feed(datagram)
+        pipeline.flush()
+        events += sink.events
+    return events
+
+
+def document(event: Event) -> dict[str, Any]:
+    """The event as the JSON line carries it."""
+    parsed: dict[str, Any] = orjson.loads(
+        orjson.dumps(event.model_dump(mode="json", by_alias=True))
+    )
+    return parsed
+
+
+def test_the_session_raises_every_cups_detector() -> None:
+    """Egress (escalated), probe, callback, variant and fan-out all appear."""
+    events = replay(session())
+    seen = {(e.rule.name, e.event.severity) for e in events}
+    assert seen >= {
+        ("cups_browsed_internal_external", 47),
+        ("cups_browsed_internal_external", 73),
+        ("cups_browsed_external_internal", 21),
+        ("cups_browsed_callback", 73),
+        ("cups_browsed_callback", 47),
+        ("cups_browsed_internal_fanout", 47),
+    }
+
+
+def test_every_event_validates_against_the_published_schema() -> None:
+    """Each event, synthetic or from real exporters, matches `flowtrap schema event`."""
+    events = replay(session()) + captured_events()
+    assert {e.rule.name for e in events} == set(ALL)
+    for event in events:
+        doc = document(event)
+        jsonschema.validate(doc, SCHEMA)
+        assert next(iter(doc)) == "@timestamp"
+        assert Event.model_validate(doc) == event
+
+
+def test_callback_event_carries_the_ecs_fields_an_analyst_needs() -> None:
+    """The high-severity callback names both hosts, the probe and the rule."""
+    (event,) = [
+        e
+        for e in replay(session())
+        if e.rule.name == "cups_browsed_callback" and e.event.severity == 73
+    ]
+    doc = document(event)
+    assert doc["event"]["kind"] == "alert"
+    assert doc["event"]["category"] == ["network", "intrusion_detection"]
+    assert (doc["source"]["ip"], doc["destination"]["ip"]) == (
+        "10.1.0.9",
+        "198.51.100.66",
+    )
+    assert doc["network"]["transport"] == "tcp"
+    assert doc["network"]["community_id"].startswith("1:")
+    assert doc["observer"]["ip"] == ["192.0.2.1"]
+    assert doc["related"]["ip"] == ["10.1.0.9", "198.51.100.66"]
+    assert doc["threat"]["framework"] == "MITRE ATT&CK"
+    assert doc["threat"]["technique"]["id"] == ["T1133", "T1190"]
+    assert "CVE-2024-47176" in doc["vulnerability"]["id"]
+    assert doc["rule"]["reference"].startswith("https://")
+    assert doc["flowtrap"]["details"]["probe_source"] == "198.51.100.66"
+    assert doc["flowtrap"]["distinct_destinations"] == 1
+    assert doc["flowtrap"]["sample"][0]["protocol"] == 6
+    assert "ingress" not in doc["observer"]
+
+
+def test_variant_event_lists_the_prober_as_related() -> None:
+    """The new-address variant names the prober among related addresses."""
+    (event,) = [
+        e
+        for e in replay(session())
+        if e.rule.name == "cups_browsed_callback" and e.event.severity == 47
+    ]
+    assert event.related.ip == ["10.1.0.9", "203.0.113.200", "198.51.100.66"]
+
+
+def test_fanout_event_counts_distinct_destinations() -> None:
+    """The scanning event reports how many internal hosts were reached."""
+    (event,) = [
+        e for e in replay(session()) if e.rule.name == "cups_browsed_internal_fanout"
+    ]
+    assert event.flowtrap.distinct_destinations == 2
+    assert event.flowtrap.details == {"internal_destinations": 20}
+    assert event.network.direction == "internal"
+
+
+def test_two_collectors_seeing_the_same_traffic_emit_the_same_ids() -> None:
+    """event.id depends on detector, version, key and window, not on the collector."""
+    first = sorted(e.event.id for e in replay(session(), exporter="192.0.2.1"))
+    second = sorted(e.event.id for e in replay(session(), exporter="192.0.2.2"))
+    assert first == second
+    assert len(set(first)) == len(first)
+
+
+def test_counts_carry_raw_and_sampled_packets_and_bytes() -> None:
+    """With 1-in-10 sampling the scaled counts are ten times the exported ones."""
+    windows = Windows()
+    detector = InternalToExternal(context())
+    for finding in detector.evaluate(
+        make_flow("10.1.0.5", "203.0.113.10", sampling=10)
+    ):
+        windows.add(finding)
+    event = to_event(windows.flush()[0], T0 + timedelta(minutes=5), 60)
+    assert (event.flowtrap.packets, event.flowtrap.packets_scaled) == (3, 30)
+    assert (event.flowtrap.bytes, event.flowtrap.bytes_scaled) == (300, 3000)
+
+
+def test_community_id_is_the_same_for_both_directions_of_a_flow() -> None:
+    """Community ID hashes the ordered 5-tuple, so the reply flow matches."""
+    out = make_flow("10.1.0.9", "198.51.100.66", dport=8631, proto=6, sport=41000)
+    back = make_flow("198.51.100.66", "10.1.0.9", dport=41000, proto=6, sport=8631)
+    expected = communityid.CommunityID().calc(
+        communityid.FlowTuple.make_tcp("10.1.0.9", "198.51.100.66", 41000, 8631)
+    )
+    assert community_id(out) == community_id(back) == expected
+
+
+@pytest.mark.parametrize(
+    ("severity", "severity_id"),
+    [(21, 2), (47, 3), (73, 4), (99, 5), (5, 1)],
+    ids=["low", "medium", "high", "critical", "informational"],
+)
+def test_ocsf_severity_follows_the_ecs_severity(
+    severity: int, severity_id: int
+) -> None:
+    """The 0-100 severity maps onto OCSF's severity ids."""
+    (event,) = [e for e in replay(session()) if e.rule.name.endswith("_internal")]
+    changed = event.model_copy(
+        update={"event": event.event.model_copy(update={"severity": severity})}
+    )
+    assert to_ocsf(changed)["severity_id"] == severity_id
+
+
+def test_every_event_converts_to_a_valid_ocsf_detection_finding() -> None:
+    """Each event is a Detection Finding (class 2004) with the same id and hosts."""
+    for event in replay(session()) + captured_events():
+        finding = to_ocsf(event)
+        DetectionFinding.model_validate(finding)
+        assert finding["class_uid"] == 2004
+        assert finding["category_uid"] == 2
+        assert finding["type_uid"] == 200401
+        assert finding["finding_info"]["uid"] == event.event.id
+        assert finding["metadata"]["uid"] == event.event.id
+        evidence = finding["evidences"][0]
+        assert evidence["src_endpoint"]["ip"] == event.source.ip
+        assert evidence["dst_endpoint"]["ip"] == event.destination.ip
+        assert (
+            evidence["connection_info"]["community_uid"] == event.network.community_id
+        )
+        assert finding["unmapped"]["flowtrap"]["flows"] == event.flowtrap.flows
+        assert [v["cve"]["uid"] for v in finding["vulnerabilities"]] == list(
+            event.vulnerability.id
+        )
+
+
+def test_ocsf_pairs_techniques_with_their_tactics() -> None:
+    """Recon pairs with vulnerability scanning; initial access with the exploit."""
+    (event,) = [
+        e for e in replay(session()) if e.rule.name == "cups_browsed_external_internal"
+    ]
+    attacks = to_ocsf(event)["finding_info"]["attacks"]
+    pairs = [(a["tactic"]["uid"], a["technique"]["uid"]) for a in attacks]
+    assert pairs == [("TA0043", "T1595.002"), ("TA0001", "T1190")]
