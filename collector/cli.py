@@ -1,4 +1,4 @@
-"""The ``flowtrap`` command line: run, replay and schema."""
+"""The ``flowtrap`` command line: run, replay, check-config and schema."""
 
 from __future__ import annotations
 
@@ -7,54 +7,91 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
-import time
-import tomllib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from tqdm import tqdm
 
+from collector import outputs
 from collector.capture import CaptureError, read_capture
-from collector.decoder import Decoder
-from collector.listener import Listener
+from collector.configure import ConfigError, SettingPath, config_file, merge, split
+from collector.configure import validate as validate_config
 from collector.logs import setup_logging
 from collector.pipeline import Pipeline
-from collector.records import TimeRules
-from collector.sinks import JsonLinesSink
-from collector.templates import Limits
-from detectors.base import DetectionContext
+from collector.service import Service, make_pipeline
 from detectors.networks import Networks
-from detectors.registry import UnknownDetectorError, build
-from detectors.windows import Windows, WindowSettings
 from schemas.config import Config
 from schemas.event import Event
 from schemas.flow import FlowRecord
 
 log = logging.getLogger("flowtrap")
 
-# How often the live clock advances when no datagram arrives, so that windows
-# still close on a quiet network.
-TICK_SECONDS = 1.0
+# A replay on a terminal shows a progress bar once it has run this long, so
+# small captures finish without one.
+PROGRESS_DELAY = 1.0
 
 
-class ConfigError(Exception):
-    """A configuration that cannot start; the message says what to fix."""
+# Each flag: its argparse destination, the setting it sets, how to read it.
+_FLAGS: tuple[tuple[str, SettingPath, Callable[[Any], Any]], ...] = (
+    ("listen", ("listen",), list),
+    ("events", ("events",), list),
+    ("internal_networks", ("internal_networks",), split),
+    ("allowed_exporters", ("allowed_exporters",), split),
+    ("metrics", ("metrics",), str),
+    ("detectors", ("detection", "enabled"), split),
+    ("window", ("detection", "window_seconds"), str),
+    ("event_format", ("event_format",), str),
+    ("log_format", ("log_format",), str),
+    ("log_level", ("log_level",), str),
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    """Add the detection and output options shared by run and replay."""
+    """Add the detection and output options shared by every command."""
     parser.add_argument("--config", type=Path, help="TOML configuration file")
-    parser.add_argument("--events", help="event output: a file path, or - for stdout")
+    parser.add_argument(
+        "--events",
+        action="append",
+        metavar="TARGET",
+        help="event output (repeatable): - for stdout, a file path, or "
+        "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT]",
+    )
     parser.add_argument(
         "--internal-networks",
-        help="comma-separated CIDRs that are inside (replaces the default list)",
+        metavar="CIDR,...",
+        help="networks that are inside (replaces the default list)",
     )
     parser.add_argument("--detectors", help="comma-separated detector names to enable")
-    parser.add_argument("--window", type=float, help="event window in seconds")
+    parser.add_argument("--window", help="event window in seconds")
+    parser.add_argument("--event-format", help="ecs (default) or ocsf")
+    parser.add_argument("--log-format", help="text (default) or json")
+    parser.add_argument("--log-level", help="debug, info (default), warning or error")
+
+
+def _live(parser: argparse.ArgumentParser) -> None:
+    """Add the options only a live collector has."""
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="UDP address to listen on (repeatable; default 0.0.0.0:2055 and "
+        "0.0.0.0:4739)",
+    )
+    parser.add_argument(
+        "--allowed-exporters",
+        metavar="CIDR,...",
+        help="only these exporters may send; others are dropped and counted",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /readyz here (a bare PORT is on 127.0.0.1)",
+    )
+    _common(parser)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,97 +101,49 @@ def _parser() -> argparse.ArgumentParser:
         description="NetFlow v5/v9 and IPFIX collector with built-in detection.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="collect live export packets over UDP")
-    run.add_argument(
-        "--listen",
-        action="append",
-        metavar="HOST:PORT",
-        help="UDP address to listen on (repeatable; default 0.0.0.0:2055 and "
-        "0.0.0.0:4739)",
-    )
-    _common(run)
+    _live(commands.add_parser("run", help="collect live export packets over UDP"))
 
     replay = commands.add_parser("replay", help="run pcap/pcapng captures through")
     replay.add_argument("captures", nargs="+", type=Path, metavar="CAPTURE")
     replay.add_argument("--port", type=int, help="only UDP datagrams to this port")
     _common(replay)
 
+    _live(
+        commands.add_parser(
+            "check-config",
+            help="validate the configuration (file, FLOWTRAP_* and flags) and print it",
+        )
+    )
+
     schema = commands.add_parser("schema", help="print a JSON Schema")
     schema.add_argument("name", choices=["event", "flow", "config"])
     return parser
 
 
+def flag_settings(args: argparse.Namespace) -> dict[SettingPath, tuple[Any, str]]:
+    """Return the settings the flags give, each with its flag's name."""
+    found = {}
+    for name, path, read in _FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            found[path] = (read(value), "--" + name.replace("_", "-"))
+    return found
+
+
 def load_config(args: argparse.Namespace) -> Config:
-    """Merge the config file and flags (flags win) and validate once."""
-    data: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            data = tomllib.loads(args.config.read_text())
-        except OSError as error:
-            raise ConfigError(f"cannot read {args.config}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{args.config} is not valid TOML: {error}") from None
-
-    if getattr(args, "listen", None):
-        data["listen"] = args.listen
-    if args.events is not None:
-        data["events"] = args.events
-    if args.internal_networks is not None:
-        data["internal_networks"] = _split(args.internal_networks)
-    detection = dict(data.get("detection", {}))
-    if args.detectors is not None:
-        detection["enabled"] = _split(args.detectors)
-    if args.window is not None:
-        detection["window_seconds"] = args.window
-    if detection:
-        data["detection"] = detection
-
-    try:
-        return Config.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}"
-            for issue in error.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+    """Merge the file, the environment and the flags, and validate once."""
+    file = config_file(args.config, os.environ)
+    layers, unknown = merge(file, flag_settings(args), os.environ)
+    for name in unknown:
+        log.warning("environment variable sets nothing", extra={"variable": name})
+    return validate_config(layers)
 
 
-def _split(text: str) -> list[str]:
-    """Split a comma-separated option into its non-empty parts."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def make_pipeline(config: Config, sink: JsonLinesSink) -> Pipeline:
-    """Build the decoder, detectors, windows and sinks from the config."""
-    limits = config.limits
-    decoder = Decoder(
-        Limits(
-            max_exporters=limits.max_exporters,
-            max_templates_per_exporter=limits.max_templates_per_exporter,
-            held_flowsets_per_exporter=limits.held_flowsets_per_exporter,
-            held_bytes_per_exporter=limits.held_bytes_per_exporter,
-            held_bytes_total=limits.held_bytes_total,
-            held_max_age=limits.held_max_age_seconds,
-            scope_by_port=limits.template_scope_by_port,
-        )
-    )
-    networks = Networks(config.internal_networks)
-    try:
-        detectors = build(config.detection.enabled, DetectionContext(networks))
-    except UnknownDetectorError as error:
-        raise ConfigError(str(error)) from None
-    detection = config.detection
-    windows = Windows(
-        WindowSettings(
-            seconds=detection.window_seconds,
-            lateness=detection.lateness_seconds,
-            max_open=detection.max_open_windows,
-            sample_size=detection.sample_size,
-        )
-    )
-    rules = TimeRules(tolerance_ms=int(config.time_tolerance_seconds * 1000))
-    return Pipeline(decoder, detectors, windows, [sink], rules)
+def _configured(args: argparse.Namespace) -> Config:
+    """Load the config and set up logging as it says."""
+    config = load_config(args)
+    setup_logging(config.log_level, config.log_format)
+    return config
 
 
 def summary(pipeline: Pipeline, skipped: Counter[str]) -> dict[str, Any]:
@@ -174,66 +163,79 @@ def summary(pipeline: Pipeline, skipped: Counter[str]) -> dict[str, Any]:
     }
 
 
+def progress_bar(paths: Sequence[Path]) -> tqdm[Any] | None:
+    """Return a progress bar over the captures' bytes, on a terminal only."""
+    if not sys.stderr.isatty():
+        return None
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="replay",
+        file=sys.stderr,
+        delay=PROGRESS_DELAY,
+        leave=False,
+    )
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run captures through the pipeline with the capture's own clock."""
-    config = load_config(args)
-    pipeline = make_pipeline(config, JsonLinesSink(config.events))
+    config = _configured(args)
+    sink = outputs.build(config)
+    pipeline = make_pipeline(config, sink, Networks(config.internal_networks))
+    try:
+        sink.start()
+    except outputs.OutputError as error:
+        raise ConfigError(str(error)) from None
     skipped: Counter[str] = Counter()
-    for path in args.captures:
-        try:
-            for datagram in read_capture(path, args.port, skipped):
-                pipeline.feed(datagram)
-        except CaptureError as error:
-            raise ConfigError(str(error)) from None
-    never = pipeline.decoder.store.drain_held()
-    pipeline.flush()
+    bar = progress_bar(args.captures)
+    try:
+        for path in args.captures:
+            advance = None if bar is None else _advancer(bar, int(bar.n))
+            try:
+                for datagram in read_capture(path, args.port, skipped, advance):
+                    pipeline.feed(datagram)
+            except CaptureError as error:
+                raise ConfigError(str(error)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        never = pipeline.decoder.store.drain_held()
+        pipeline.flush()
     report = summary(pipeline, skipped)
     report["held_never_decoded"] = never
     print(json.dumps(report, indent=2), file=sys.stderr)
     return 0
 
 
-async def _serve(config: Config) -> int:
-    """Run the live collector until SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    pipeline = make_pipeline(config, JsonLinesSink(config.events))
-    listener = Listener(config.listen, config.receive_buffer_bytes, pipeline.feed)
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        listener.start(loop)
-    except OSError as error:
-        raise ConfigError(str(error)) from None
-    log.info("collector started", extra={"listen": listener.addresses()})
+def _advancer(bar: tqdm[Any], base: int) -> Callable[[int], None]:
+    """Return a callback moving the bar to ``base`` plus a file offset."""
 
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), TICK_SECONDS)
-        except TimeoutError:
-            pipeline.advance(time.time())
+    def advance(offset: int) -> None:
+        bar.update(base + offset - int(bar.n))
 
-    # Order matters: stop reading, decode what was received, then close every
-    # window so that its event is written before the sinks close.
-    listener.stop(loop)
-    pipeline.advance(time.time())
-    pipeline.flush()
-    log.info(
-        "collector stopped",
-        extra={
-            "datagrams": listener.received,
-            "flow_records": pipeline.stats.counts["flow_records"],
-            "events": sum(pipeline.events.values()),
-            "errors": dict(pipeline.stats.errors),
-        },
-    )
-    return 0
+    return advance
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the live collector."""
+    config = _configured(args)
+    service = Service(config, lambda: load_config(args))
+    return asyncio.run(service.run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration; print it, or every problem with its path."""
     config = load_config(args)
-    return asyncio.run(_serve(config))
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    print("flowtrap: configuration is valid", file=sys.stderr)
+    return 0
 
 
 _SCHEMAS: dict[str, type[BaseModel]] = {
@@ -255,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flowtrap`` console script."""
     args = _parser().parse_args(argv)
     setup_logging()
-    handlers = {"run": cmd_run, "replay": cmd_replay, "schema": cmd_schema}
+    handlers = {
+        "run": cmd_run,
+        "replay": cmd_replay,
+        "check-config": cmd_check_config,
+        "schema": cmd_schema,
+    }
     try:
         return handlers[args.command](args)
     except ConfigError as error:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from collector.allowlist import Allowlist
 from collector.capture import Datagram
 from schemas.config import parse_endpoint
 
@@ -22,6 +27,20 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65_535
 # Datagrams read per wakeup before yielding to the loop (signals, timers).
 DRAIN_BATCH = 512
+# Denied source addresses remembered for the log; the rest are only counted.
+MAX_DENIED_SOURCES = 256
+# The kernel's table of UDP sockets, with each socket's receive-queue drops.
+PROC_UDP = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
+
+
+@dataclass(frozen=True, slots=True)
+class SocketStats:
+    """What the kernel says about one listening socket."""
+
+    endpoint: str
+    drops: int
+    queued_bytes: int
+    buffer_bytes: int
 
 
 def open_socket(endpoint: str, receive_buffer: int) -> socket.socket:
@@ -53,13 +72,18 @@ class Listener:
         endpoints: list[str],
         receive_buffer: int,
         deliver: Callable[[Datagram], None],
+        allowlist: Allowlist | None = None,
     ) -> None:
         """Remember what to open; no I/O until start()."""
         self.endpoints = endpoints
         self.receive_buffer = receive_buffer
         self.deliver = deliver
+        # Replaced whole on reload (SIGHUP); None lets any host send.
+        self.allowlist = allowlist
         self.sockets: list[socket.socket] = []
         self.received = 0
+        self.denied = 0
+        self.denied_sources: Counter[str] = Counter()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind every socket and start reading."""
@@ -91,12 +115,61 @@ class Listener:
                 log.warning("receive failed", extra={"error": str(error)})
                 return False
             self.received += 1
+            allowlist = self.allowlist
+            if allowlist is not None and not allowlist.permits(address[0]):
+                self._deny(address[0])
+                continue
             self.deliver(Datagram(address[0], address[1], now, data))
         return True
+
+    def _deny(self, source: str) -> None:
+        """Count a datagram from a source outside the allowlist."""
+        self.denied += 1
+        denied = self.denied_sources
+        if source in denied or len(denied) < MAX_DENIED_SOURCES:
+            denied[source] += 1
+
+    def socket_stats(self) -> list[SocketStats]:
+        """Read the kernel's receive drops and queue for each listening socket.
+
+        Datagrams the kernel dropped because flowtrap did not read fast enough
+        never reach the decoder; /proc/net/udp counts them per socket.
+        """
+        inodes: dict[int, socket.socket] = {}
+        for sock in list(self.sockets):
+            try:
+                inodes[os.fstat(sock.fileno()).st_ino] = sock
+            except (OSError, ValueError):
+                continue
+        found = []
+        for table in PROC_UDP:
+            for inode, drops, queued in _udp_table(table):
+                mine = inodes.get(inode)
+                if mine is None:
+                    continue
+                buffer = mine.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                found.append(SocketStats(_bound(mine), drops, queued, buffer))
+        return found
 
     def addresses(self) -> list[str]:
         """Return the addresses actually bound (ports resolved)."""
         return [_bound(sock) for sock in self.sockets]
+
+
+def _udp_table(path: Path) -> list[tuple[int, int, int]]:
+    """Return (inode, drops, receive queue bytes) for each row of /proc/net/udp."""
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 13:
+            continue
+        queued = int(fields[4].partition(":")[2], 16)
+        rows.append((int(fields[9]), int(fields[12]), queued))
+    return rows
 
 
 def _bound(sock: socket.socket) -> str:

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    IPvAnyNetwork,
+    model_validator,
+)
 
 DEFAULT_LISTEN = ("0.0.0.0:2055", "0.0.0.0:4739")
 DEFAULT_INTERNAL = (
@@ -16,6 +28,21 @@ DEFAULT_INTERNAL = (
     "169.254.0.0/16",
     "fc00::/7",
     "fe80::/10",
+)
+
+Transport = Literal["udp", "tcp", "tls"]
+_SCHEMES: dict[str, Transport] = {
+    "syslog+udp": "udp",
+    "syslog+tcp": "tcp",
+    "syslog+tls": "tls",
+}
+# Ports a syslog target gets when it names none: RFC 5426 (UDP), RFC 5425 (TLS),
+# and IANA's syslog-conn for plain TCP (RFC 6587 assigns none).
+SYSLOG_PORTS: dict[Transport, int] = {"udp": 514, "tcp": 601, "tls": 6514}
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
 
 
@@ -46,7 +73,92 @@ def _check_endpoint(text: str) -> str:
     return text
 
 
+def _loopback_by_default(value: Any) -> Any:
+    """Let a bare port mean that port on 127.0.0.1."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return f"127.0.0.1:{value}"
+    return value
+
+
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+MetricsEndpoint = Annotated[
+    str, BeforeValidator(_loopback_by_default), AfterValidator(_check_endpoint)
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one event output goes: standard output, a file or a syslog server."""
+
+    text: str
+    kind: Literal["stdout", "file", "syslog"]
+    path: str = ""
+    transport: Transport = "udp"
+    host: str = ""
+    port: int = 0
+
+
+def parse_target(text: str) -> Target:
+    """Parse an ``--events`` value, or raise ValueError saying what is accepted.
+
+    ``-`` is standard output; ``syslog+udp://``, ``syslog+tcp://`` and
+    ``syslog+tls://HOST[:PORT]`` are syslog servers; ``file:///PATH`` or any
+    other text is a file path.
+    """
+    text = text.strip()
+    if text == "-":
+        return Target(text, "stdout")
+    if "://" not in text:
+        if not text or text.endswith("/"):
+            raise ValueError(f"{text!r} is not a file path")
+        return Target(text, "file", path=text)
+
+    parts = urlsplit(text)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ValueError(f"{text!r}: write file:///absolute/path")
+        return Target(text, "file", path=parts.path)
+    transport = _SCHEMES.get(parts.scheme)
+    if transport is None:
+        raise ValueError(
+            f"{text!r}: unknown output; use -, a file path, or "
+            "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT]"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: a syslog target is only HOST[:PORT]")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+    if not host or not _is_host(host):
+        raise ValueError(f"{text!r}: {host!r} is not an IP address or host name")
+    if port == 0:
+        raise ValueError(f"{text!r}: the port must be from 1 to 65535")
+    port = port or SYSLOG_PORTS[transport]
+    return Target(text, "syslog", transport=transport, host=host, port=port)
+
+
+def _is_host(host: str) -> bool:
+    """Return True for an IP address or a DNS host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+    return True
+
+
+def _one_or_many(value: Any) -> Any:
+    """Accept a single string where a list is expected."""
+    return [value] if isinstance(value, str) else value
+
+
+def _check_target(text: str) -> str:
+    """Validate one event output."""
+    parse_target(text)
+    return text
+
+
+OutputTarget = Annotated[str, AfterValidator(_check_target)]
 
 
 class _Section(BaseModel):
@@ -74,6 +186,11 @@ class DetectionConfig(_Section):
     sample_size: int = Field(
         default=5, ge=0, le=50, description="Flow records kept in each event."
     )
+    detectors: dict[str, dict[str, Any]] = Field(
+        default={},
+        description="Each detector's own settings, by name "
+        "([detection.detectors.NAME]); the detector validates them.",
+    )
 
 
 class LimitsConfig(_Section):
@@ -92,6 +209,103 @@ class LimitsConfig(_Section):
     )
 
 
+class FileOutputConfig(_Section):
+    """How event files are written, rotated and kept."""
+
+    rotate_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1024,
+        description="Start a new file before one would grow past this size.",
+    )
+    rotate_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="Start a new file when the current one (with data) is this "
+        "old; 0 turns time rotation off.",
+    )
+    keep: int = Field(
+        default=14, ge=1, description="Event files kept, the current one included."
+    )
+    fsync_seconds: float = Field(
+        default=1.0, gt=0, description="How often written data is forced to disk."
+    )
+    max_line_bytes: int = Field(
+        default=8192,
+        ge=1024,
+        description="Longer lines lose flow records from their sample (and are "
+        "tagged sample_trimmed); also applies to standard output.",
+    )
+
+
+Facility = Literal[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
+    "cron", "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+]  # fmt: skip
+
+
+class SyslogOutputConfig(_Section):
+    """RFC 5424 message settings and TLS material, shared by every syslog target."""
+
+    facility: Facility = "local0"
+    app_name: str = Field(default="flowtrap", pattern=r"^[!-~]{1,48}$")
+    hostname: str = Field(
+        default="",
+        pattern=r"^[!-~]{0,255}$",
+        description="HOSTNAME of each message; empty means this host's name.",
+    )
+    max_message_bytes: int = Field(
+        default=8192,
+        ge=1024,
+        le=65_000,
+        description="Whole syslog messages are kept under this (rsyslog's default "
+        "maxMessageSize is 8 KB); longer events lose flow records from their sample.",
+    )
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="CA bundle that signs the TLS server's certificate; the "
+        "system's store when unset.",
+    )
+    cert_file: FilePath | None = Field(
+        default=None, description="Client certificate, for servers that ask for one."
+    )
+    key_file: FilePath | None = Field(default=None, description="Its private key.")
+    server_name: str = Field(
+        default="",
+        description="Name the TLS server's certificate must carry; the target's "
+        "host when empty.",
+    )
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> SyslogOutputConfig:
+        """A client certificate needs its key, and the other way round."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class OutputConfig(_Section):
+    """Queueing and retries for every output, and per-kind settings."""
+
+    queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events each output holds while it cannot deliver; past this "
+        "new events for that output are dropped and counted.",
+    )
+    retry_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    drain_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="At shutdown, how long outputs may take to deliver what they "
+        "hold before the rest is dropped and counted.",
+    )
+    file: FileOutputConfig = FileOutputConfig()
+    syslog: SyslogOutputConfig = SyslogOutputConfig()
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -99,11 +313,33 @@ class Config(_Section):
         default=list(DEFAULT_LISTEN),
         description="UDP addresses to listen on; each takes v5, v9 and IPFIX.",
     )
-    events: str = Field(default="-", description="Event output: a file path or -.")
+    events: Annotated[list[OutputTarget], BeforeValidator(_one_or_many)] = Field(
+        default=["-"],
+        min_length=1,
+        description="Event outputs, each -, a file path, or syslog+udp://, "
+        "syslog+tcp:// or syslog+tls://HOST[:PORT].",
+    )
+    event_format: str = Field(
+        default="ecs",
+        description="How events are written: ecs (schema v1) or ocsf (1.5).",
+    )
     internal_networks: list[IPvAnyNetwork] = Field(
         default=[ipaddress.ip_network(n) for n in DEFAULT_INTERNAL],
         description="Networks that are inside; everything else is external.",
     )
+    allowed_exporters: list[IPvAnyNetwork] | None = Field(
+        default=None,
+        min_length=1,
+        description="Exporters that may send; datagrams from others are dropped "
+        "and counted. Unset: any host may send.",
+    )
+    metrics: MetricsEndpoint | None = Field(
+        default=None,
+        description="HOST:PORT (or a bare PORT, on 127.0.0.1) serving /metrics, "
+        "/healthz and /readyz; off when unset.",
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     time_tolerance_seconds: float = Field(
         default=86_400.0,
         gt=0,
@@ -117,3 +353,17 @@ class Config(_Section):
     )
     detection: DetectionConfig = DetectionConfig()
     limits: LimitsConfig = LimitsConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _distinct_outputs(self) -> Config:
+        """The same output twice would write every event twice."""
+        targets = [parse_target(text) for text in self.events]
+        seen = {(t.kind, t.path, t.transport, t.host, t.port) for t in targets}
+        if len(seen) != len(targets):
+            raise ValueError("events: an output is listed twice")
+        return self
+
+    def targets(self) -> list[Target]:
+        """Return the event outputs, parsed."""
+        return [parse_target(text) for text in self.events]

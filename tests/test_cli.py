@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
+import struct
+import sys
+import termios
 from pathlib import Path
 
 import jsonschema
 import orjson
 import pytest
 
+from collector import cli
 from collector.cli import main
 from schemas.event import Event
 from tests.conftest import EXPORTS, FIXTURES
@@ -139,3 +147,44 @@ def test_unreadable_capture_says_what_to_do(
     bogus.write_bytes(b"hello world, not a pcap")
     assert main(["replay", str(bogus)]) == 2
     assert "not a pcap or pcapng file" in capsys.readouterr().err
+
+
+def test_replay_on_a_terminal_shows_a_progress_bar(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With stderr on a terminal, replay draws a bar over the capture's bytes."""
+    master, slave = pty.openpty()
+    # A terminal of 24 rows and 80 columns (a fresh pty has none, and tqdm
+    # draws no bar below the last row).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    terminal = os.fdopen(slave, "w")
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
+    events = tmp_path / "events.jsonl"
+    try:
+        code = main(
+            ["replay", str(EXPORTS / "softflowd-v9.pcap"), "--events", str(events)]
+        )
+        terminal.flush()
+        os.set_blocking(master, False)
+        shown = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(master, 65536):
+                shown += chunk
+    finally:
+        terminal.close()
+        os.close(master)
+    assert code == 0
+    assert b"\rreplay:" in shown
+    size = (EXPORTS / "softflowd-v9.pcap").stat().st_size
+    assert f"/{size} [".encode() in shown
+
+
+def test_replay_without_a_terminal_draws_no_bar(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Piped or captured stderr gets the summary only."""
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
+    _, summary = replay(capsys, str(EXPORTS / "softflowd-v9.pcap"))
+    assert summary["export_packets"] == 1
+    assert cli.progress_bar([EXPORTS / "softflowd-v9.pcap"]) is None

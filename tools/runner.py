@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,8 +37,15 @@ class CollectorProcess:
         self.extra = list(extra)
         self.timeout = timeout
         self.port = 0
+        # The "collector started" log line, with every address it reports.
+        self.started = ""
+        # What the collector logged after that line, once it has stopped.
         self.stderr = ""
         self._process: subprocess.Popen[str] | None = None
+        # A thread reads stderr all along, so the pipe never fills and blocks
+        # the collector, and no line is lost between start() and stop().
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
 
     def start(self) -> CollectorProcess:
         """Start the collector and wait until it says where it listens."""
@@ -58,20 +67,39 @@ class CollectorProcess:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert self._process.stderr is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process,), daemon=True
+        )
+        self._reader.start()
         deadline = time.monotonic() + self.timeout
         lines = []
         while time.monotonic() < deadline:
-            line = self._process.stderr.readline()
-            if not line:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
                 break
             lines.append(line)
             match = _STARTED.search(line)
             if match:
                 self.port = int(match.group("port"))
+                self.started = line
                 return self
         self._process.kill()
         raise RuntimeError("flowtrap run did not start:\n" + "".join(lines))
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        """Hand every stderr line to the queue; None at the end."""
+        assert process.stderr is not None
+        for line in process.stderr:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the running collector."""
+        if self._process is not None:
+            self._process.send_signal(signum)
 
     def stop(self) -> list[dict[str, Any]]:
         """Send SIGTERM, wait for a clean exit, and return the events written."""
@@ -80,14 +108,27 @@ class CollectorProcess:
             return []
         process.send_signal(signal.SIGTERM)
         try:
-            _, rest = process.communicate(timeout=self.timeout)
+            process.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             raise RuntimeError("flowtrap run did not stop on SIGTERM") from None
-        self.stderr = rest
+        if self._reader is not None:
+            self._reader.join(self.timeout)
+        rest = []
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            rest.append(line)
+        self.stderr = "".join(rest)
         self._process = None
         if process.returncode != 0:
-            raise RuntimeError(f"flowtrap run exited {process.returncode}:\n{rest}")
+            raise RuntimeError(
+                f"flowtrap run exited {process.returncode}:\n{self.stderr}"
+            )
         return read_events(self.events)
 
     def __enter__(self) -> CollectorProcess:

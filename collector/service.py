@@ -1,0 +1,258 @@
+"""The live collector from start to stop: sockets, pipeline, outputs, metrics.
+
+Start-up opens the outputs, then the metrics server, then the sockets, so that
+nothing is received before there is somewhere to put it. SIGTERM and SIGINT
+stop receiving, decode what the kernel still holds, close every window and
+emit its event, drain the outputs and save state. SIGHUP re-reads the
+configuration: internal networks and the exporter allowlist change in place,
+event files start anew, and everything else waits for a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+
+from collector import outputs
+from collector.allowlist import Allowlist
+from collector.configure import ConfigError
+from collector.decoder import Decoder
+from collector.listener import Listener
+from collector.metrics import CollectorMetrics, Health, MetricsServer, registry_for
+from collector.pipeline import Pipeline
+from collector.records import TimeRules
+from collector.reporter import InputReporter
+from collector.sinks import Sink
+from collector.templates import Limits
+from detectors.base import DetectionContext, DetectorConfigError
+from detectors.networks import IPNetwork, Networks
+from detectors.registry import build
+from detectors.windows import Windows, WindowSettings
+from schemas.config import Config
+
+log = logging.getLogger("flowtrap")
+
+# How often the live clock advances when no datagram arrives, so that windows
+# still close on a quiet network; also the pace of warnings and health beats.
+TICK_SECONDS = 1.0
+
+# Settings that SIGHUP applies; any other change waits for a restart.
+RELOADED = frozenset({"internal_networks", "allowed_exporters"})
+
+
+def make_pipeline(config: Config, sink: Sink, networks: Networks) -> Pipeline:
+    """Build the decoder, detectors and windows from the config."""
+    limits = config.limits
+    decoder = Decoder(
+        Limits(
+            max_exporters=limits.max_exporters,
+            max_templates_per_exporter=limits.max_templates_per_exporter,
+            held_flowsets_per_exporter=limits.held_flowsets_per_exporter,
+            held_bytes_per_exporter=limits.held_bytes_per_exporter,
+            held_bytes_total=limits.held_bytes_total,
+            held_max_age=limits.held_max_age_seconds,
+            scope_by_port=limits.template_scope_by_port,
+        )
+    )
+    detection = config.detection
+    context = DetectionContext(networks, detection.detectors)
+    try:
+        detectors = build(detection.enabled, context)
+    except DetectorConfigError as error:
+        raise ConfigError(str(error)) from None
+    windows = Windows(
+        WindowSettings(
+            seconds=detection.window_seconds,
+            lateness=detection.lateness_seconds,
+            max_open=detection.max_open_windows,
+            sample_size=detection.sample_size,
+        )
+    )
+    rules = TimeRules(tolerance_ms=int(config.time_tolerance_seconds * 1000))
+    return Pipeline(decoder, detectors, windows, [sink], rules)
+
+
+def allowlist_of(config: Config) -> Allowlist | None:
+    """Return the exporter allowlist, or None when any host may send."""
+    if config.allowed_exporters is None:
+        return None
+    return Allowlist(config.allowed_exporters)
+
+
+def replace_networks(networks: Networks, internal: Iterable[IPNetwork]) -> None:
+    """Change the internal networks in place, keeping every detector's state."""
+    # TODO: call a Networks method once detectors/ has one; until then this
+    # relies on Networks keeping its list in `internal` and its cache in
+    # `is_internal`.
+    networks.internal = tuple(ipaddress.ip_network(net) for net in internal)
+    networks.is_internal.cache_clear()
+
+
+class Service:
+    """Runs ``flowtrap run`` until a stop signal."""
+
+    def __init__(self, config: Config, reload: Callable[[], Config]) -> None:
+        """Build every part from the config; no socket opens until run()."""
+        self.config = config
+        self._read_config = reload
+        self.networks = Networks(config.internal_networks)
+        self.outputs = outputs.build(config)
+        self.pipeline = make_pipeline(config, self.outputs, self.networks)
+        self.listener = Listener(
+            config.listen,
+            config.receive_buffer_bytes,
+            self.pipeline.feed,
+            allowlist_of(config),
+        )
+        self.health = Health()
+        self.reporter = InputReporter(self.pipeline.stats, self.listener)
+        self.metrics: MetricsServer | None = None
+        if config.metrics is not None:
+            collector = CollectorMetrics(
+                self.pipeline, self.listener, self.outputs.outputs, self.health
+            )
+            self.metrics = MetricsServer(
+                config.metrics, registry_for(collector), self.health
+            )
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM or SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        # Handlers first: a signal that arrives while starting is acted on
+        # once the loop runs, instead of killing the process.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._start(loop)
+
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), TICK_SECONDS)
+            except TimeoutError:
+                self._tick()
+
+        # A second Ctrl-C during the drain below stops at once; a repeated
+        # SIGTERM (or a SIGHUP) waits behind the drain and changes nothing.
+        loop.remove_signal_handler(signal.SIGINT)
+        self._stop(loop)
+        return 0
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open outputs, metrics and sockets, in that order; undo on failure."""
+        try:
+            self.outputs.start()
+        except outputs.OutputError as error:
+            raise ConfigError(str(error)) from None
+        self._load_state()
+        try:
+            if self.metrics is not None:
+                self.metrics.start()
+            self.listener.start(loop)
+        except OSError as error:
+            self.listener.stop(loop)
+            if self.metrics is not None:
+                self.metrics.stop()
+            self.outputs.close()
+            raise ConfigError(str(error)) from None
+
+        self.health.ready = True
+        extra: dict[str, object] = {"listen": self.listener.addresses()}
+        if self.metrics is not None:
+            extra["metrics"] = self.metrics.address()
+        log.info("collector started", extra=extra)
+        self._warn_open_to_all()
+
+    def _tick(self) -> None:
+        """Advance the clock, report bad input, and show the loop is alive."""
+        self.pipeline.advance(time.time())
+        self.reporter.report()
+        self.health.beat()
+
+    def _stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop receiving, decode what arrived, emit every window, drain, save."""
+        self.health.ready = False
+        # Order matters: stop reading (draining what the kernel holds), then
+        # close every window so that its event is written before the outputs
+        # drain and close.
+        self.listener.stop(loop)
+        self.pipeline.advance(time.time())
+        self.pipeline.flush()
+        self._save_state()
+        self.reporter.report()
+        if self.metrics is not None:
+            self.metrics.stop()
+        stats = self.pipeline.stats
+        log.info(
+            "collector stopped",
+            extra={
+                "datagrams": self.listener.received,
+                "denied": self.listener.denied,
+                "flow_records": stats.counts["flow_records"],
+                "events": sum(self.pipeline.events.values()),
+                "errors": dict(stats.errors),
+                "dropped_events": sum(o.dropped for o in self.outputs.outputs),
+            },
+        )
+
+    def reload(self) -> None:
+        """Apply a re-read configuration (SIGHUP); a bad one changes nothing."""
+        try:
+            new = self._read_config()
+        except ConfigError as error:
+            self.health.reloads["refused"] += 1
+            log.error(
+                "configuration not reloaded; the running one stays",
+                extra={"problems": str(error)},
+            )
+            return
+        replace_networks(self.networks, new.internal_networks)
+        self.listener.allowlist = allowlist_of(new)
+        self.outputs.reopen()
+
+        waiting = sorted(
+            name
+            for name in type(new).model_fields
+            if name not in RELOADED and getattr(new, name) != getattr(self.config, name)
+        )
+        if waiting:
+            log.warning("restart to apply", extra={"settings": waiting})
+        self.config = self.config.model_copy(
+            update={name: getattr(new, name) for name in RELOADED}
+        )
+        self.health.reloads["applied"] += 1
+        log.info(
+            "configuration reloaded",
+            extra={
+                "internal_networks": ",".join(map(str, new.internal_networks)),
+                "allowed_exporters": str(self.listener.allowlist or "any"),
+            },
+        )
+        self._warn_open_to_all()
+
+    def _warn_open_to_all(self) -> None:
+        """Say once (per start or reload) that any host may send."""
+        if self.listener.allowlist is None:
+            log.warning(
+                "no exporter allowlist: any host may send export packets; "
+                "set allowed_exporters"
+            )
+
+    def _load_state(self) -> None:
+        """Restore template state before the first datagram, when wired."""
+        # Template state belongs to the decoder side (collector/state.py): a
+        # `load_state` on the pipeline restores it, setting a corrupt file
+        # aside with a warning. Called here, after outputs, before sockets.
+        load = getattr(self.pipeline, "load_state", None)
+        if callable(load):
+            load()
+
+    def _save_state(self) -> None:
+        """Save template state after the last datagram, when wired."""
+        save = getattr(self.pipeline, "save_state", None)
+        if callable(save):
+            save()

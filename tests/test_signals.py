@@ -1,0 +1,113 @@
+"""Signals sent to a running ``flowtrap run``: stop cleanly, reload on SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.ops import (
+    egress_packet,
+    event_files,
+    metrics_address,
+    read_all_events,
+    sample,
+    scrape,
+    wait_for,
+)
+from tools.runner import CollectorProcess, send_payloads
+
+CUPS = "cups_browsed_internal_external"
+
+
+def findings(address: str) -> float:
+    """Return the CUPS findings counted so far."""
+    return sample(scrape(address), "flowtrap_findings_total", detector=CUPS)
+
+
+def reloads(address: str, result: str) -> float:
+    """Return the configuration reloads counted with a result."""
+    return sample(scrape(address), "flowtrap_config_reloads_total", result=result)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_stop_signal_closes_open_windows_and_writes_their_events(
+    tmp_path: Path, signum: int
+) -> None:
+    """A flow whose window is still open becomes an event on the way out."""
+    events_path = tmp_path / "events.jsonl"
+    extra = ["--metrics", "127.0.0.1:0", "--window", "3600"]
+    with CollectorProcess(events_path, extra) as collector:
+        address = metrics_address(collector.started)
+        await send_payloads([egress_packet()], collector.port)
+        wait_for(lambda: findings(address) == 1, what="the finding")
+        assert read_all_events(events_path) == []
+
+        collector.signal(signum)
+        wait_for(lambda: read_all_events(events_path), what="the event")
+        events = collector.stop()
+
+    assert len(events) == 1
+    assert events[0]["source"]["ip"] == "10.1.0.5"
+    assert "collector stopped" in collector.stderr
+
+
+async def test_sighup_reloads_allowlist_and_networks_and_starts_a_new_file(
+    tmp_path: Path,
+) -> None:
+    """After SIGHUP a newly allowed exporter's flow, now egress, raises an event."""
+    config = tmp_path / "flowtrap.toml"
+    config.write_text(
+        'allowed_exporters = ["127.0.0.2/32"]\ninternal_networks = ["192.168.0.0/16"]\n'
+    )
+    events_path = tmp_path / "events.jsonl"
+    extra = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    with CollectorProcess(events_path, extra) as collector:
+        address = metrics_address(collector.started)
+        # Denied: 127.0.0.3 may not send yet.
+        await send_payloads([egress_packet()], collector.port, "127.0.0.3")
+        wait_for(
+            lambda: sample(scrape(address), "flowtrap_datagrams_denied_total"),
+            what="the denied datagram",
+        )
+
+        config.write_text(
+            'allowed_exporters = ["127.0.0.3/32"]\ninternal_networks = ["10.0.0.0/8"]\n'
+        )
+        collector.signal(signal.SIGHUP)
+        wait_for(lambda: reloads(address, "applied") == 1, what="the reload")
+        await send_payloads([egress_packet()], collector.port, "127.0.0.3")
+        wait_for(lambda: findings(address) == 1, what="the finding")
+        collector.stop()
+
+    files = event_files(events_path)
+    assert len(files) == 2
+    assert files[0].read_bytes() == b""
+    events = read_all_events(events_path)
+    assert len(events) == 1
+    assert events[0]["observer"]["ip"] == ["127.0.0.3"]
+    assert "configuration reloaded" in collector.stderr
+
+
+async def test_sighup_with_a_broken_config_keeps_the_running_one(
+    tmp_path: Path,
+) -> None:
+    """A reload that does not validate changes nothing and says why."""
+    config = tmp_path / "flowtrap.toml"
+    config.write_text('internal_networks = ["10.0.0.0/8"]\n')
+    events_path = tmp_path / "events.jsonl"
+    extra = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    with CollectorProcess(events_path, extra) as collector:
+        address = metrics_address(collector.started)
+        config.write_text('internal_networks = ["10.0.0.0/33"]\n')
+        collector.signal(signal.SIGHUP)
+        wait_for(lambda: reloads(address, "refused") == 1, what="the refusal")
+        await send_payloads([egress_packet()], collector.port)
+        wait_for(lambda: findings(address) == 1, what="the finding")
+        events = collector.stop()
+
+    assert len(events) == 1
+    assert len(event_files(events_path)) == 1
+    assert "configuration not reloaded" in collector.stderr
+    assert "internal_networks" in collector.stderr
