@@ -31,6 +31,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## lab: the docker-compose lab live, without Docker, in network namespaces (root)
+.PHONY: lab lab-clean
+lab: $(STAMP)
+	$(BIN)/python tools/lab.py run
+
+## lab-clean: remove the network namespaces a killed `make lab` left behind
+lab-clean: $(STAMP)
+	$(BIN)/python tools/lab.py clean
+
+## bench: decode + detect, live sweep beside nfcapd and nfacctd, memory, events burst,
+## profile; prints one Markdown table, keeps results in build/bench/ (~10 min)
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+## bench-quick: the same sections, shorter and v9 only (~2 min)
+.PHONY: bench-quick
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
 ## fixtures: rewrite the lab pcaps and re-capture the exporters' packets
 fixtures: $(STAMP)
 	$(BIN)/python tools/make_lab_pcap.py tests/fixtures
