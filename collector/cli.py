@@ -38,6 +38,8 @@ PROGRESS_DELAY = 1.0
 # Each flag: its argparse destination, the setting it sets, how to read it.
 _FLAGS: tuple[tuple[str, SettingPath, Callable[[Any], Any]], ...] = (
     ("listen", ("listen",), list),
+    ("listen_tcp", ("listen_tcp",), list),
+    ("state_file", ("state_file",), str),
     ("events", ("events",), list),
     ("internal_networks", ("internal_networks",), split),
     ("allowed_exporters", ("allowed_exporters",), split),
@@ -80,6 +82,17 @@ def _live(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="UDP address to listen on (repeatable; default 0.0.0.0:2055 and "
         "0.0.0.0:4739)",
+    )
+    parser.add_argument(
+        "--listen-tcp",
+        action="append",
+        metavar="HOST:PORT",
+        help="TCP address taking IPFIX over TCP (repeatable; none by default)",
+    )
+    parser.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="keep templates across restarts in this file",
     )
     parser.add_argument(
         "--allowed-exporters",

@@ -12,8 +12,10 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from collector import state as state_file
 from collector.capture import Datagram
 from collector.decoder import Batch, Decoder
 from collector.layout import Layout, Row, convert
@@ -91,6 +93,8 @@ class Pipeline:
         self._error_logged: dict[str, tuple[float, int]] = {}
         self._last_close = 0.0
         self._last_expire = 0.0
+        self._state: tuple[Path, float] | None = None
+        self._last_save = 0.0
         self._clock = 0.0
 
     def _union(self, name: str) -> frozenset[int] | None:
@@ -132,6 +136,32 @@ class Pipeline:
         if self._clock - self._last_expire >= EXPIRE_EVERY:
             self._last_expire = self._clock
             self.decoder.store.expire(self._clock)
+        if self._state is not None and self._clock - self._last_save >= self._state[1]:
+            self.save_state()
+
+    def keep_state(self, path: Path, every: float) -> None:
+        """Keep templates and options in a state file, saved every few seconds."""
+        self._state = (path, every)
+
+    def load_state(self) -> int:
+        """Restore saved templates and options (at start, before any datagram)."""
+        if self._state is None:
+            return 0
+        self._last_save = self._clock
+        return state_file.load(self._state[0], self.decoder, self.options)
+
+    def save_state(self) -> None:
+        """Write templates and options atomically; a failure is logged, not fatal."""
+        if self._state is None:
+            return
+        self._last_save = self._clock
+        try:
+            state_file.save(self._state[0], self.decoder, self.options)
+        except OSError as error:
+            log.warning(
+                "state file not saved",
+                extra={"path": str(self._state[0]), "error": error.strerror},
+            )
 
     def flush(self) -> None:
         """Close every window and emit its event (shutdown, end of replay)."""

@@ -27,6 +27,7 @@ from collector.pipeline import Pipeline
 from collector.records import TimeRules
 from collector.reporter import InputReporter
 from collector.sinks import Sink
+from collector.tcp import IpfixTcpServer
 from collector.templates import Limits
 from detectors.base import DetectionContext, DetectorConfigError
 from detectors.networks import IPNetwork, Networks
@@ -55,6 +56,11 @@ def make_pipeline(config: Config, sink: Sink, networks: Networks) -> Pipeline:
             held_bytes_per_exporter=limits.held_bytes_per_exporter,
             held_bytes_total=limits.held_bytes_total,
             held_max_age=limits.held_max_age_seconds,
+            template_max_age=limits.template_max_age_seconds,
+            max_template_fields_per_exporter=limits.max_template_fields_per_exporter,
+            max_template_fields_total=limits.max_template_fields_total,
+            template_changes_per_second=limits.template_changes_per_second,
+            template_change_burst=limits.template_change_burst,
             scope_by_port=limits.template_scope_by_port,
         )
     )
@@ -102,12 +108,23 @@ class Service:
         self.networks = Networks(config.internal_networks)
         self.outputs = outputs.build(config)
         self.pipeline = make_pipeline(config, self.outputs, self.networks)
+        if config.state_file is not None:
+            self.pipeline.keep_state(config.state_file, config.state_save_seconds)
+        allowlist = allowlist_of(config)
         self.listener = Listener(
             config.listen,
             config.receive_buffer_bytes,
             self.pipeline.feed,
-            allowlist_of(config),
+            allowlist,
         )
+        self.tcp: IpfixTcpServer | None = None
+        if config.listen_tcp:
+            self.tcp = IpfixTcpServer(
+                config.listen_tcp,
+                self.pipeline.feed,
+                self.pipeline.stats,
+                allowlist.permits if allowlist is not None else None,
+            )
         self.health = Health()
         self.reporter = InputReporter(self.pipeline.stats, self.listener)
         self.metrics: MetricsServer | None = None
@@ -129,6 +146,15 @@ class Service:
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._start(loop)
+        if self.tcp is not None:
+            try:
+                await self.tcp.start()
+            except OSError as error:
+                self._stop(loop)
+                raise ConfigError(
+                    f"cannot listen for IPFIX over TCP: {error}"
+                ) from None
+            log.info("ipfix over tcp started", extra={"listen": self.tcp.bound()})
 
         while not stop.is_set():
             try:
@@ -139,6 +165,8 @@ class Service:
         # A second Ctrl-C during the drain below stops at once; a repeated
         # SIGTERM (or a SIGHUP) waits behind the drain and changes nothing.
         loop.remove_signal_handler(signal.SIGINT)
+        if self.tcp is not None:
+            await self.tcp.stop()
         self._stop(loop)
         return 0
 
@@ -243,16 +271,9 @@ class Service:
             )
 
     def _load_state(self) -> None:
-        """Restore template state before the first datagram, when wired."""
-        # Template state belongs to the decoder side (collector/state.py): a
-        # `load_state` on the pipeline restores it, setting a corrupt file
-        # aside with a warning. Called here, after outputs, before sockets.
-        load = getattr(self.pipeline, "load_state", None)
-        if callable(load):
-            load()
+        """Restore template state after outputs open, before any socket does."""
+        self.pipeline.load_state()
 
     def _save_state(self) -> None:
-        """Save template state after the last datagram, when wired."""
-        save = getattr(self.pipeline, "save_state", None)
-        if callable(save):
-            save()
+        """Save template state after the last datagram."""
+        self.pipeline.save_state()

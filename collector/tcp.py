@@ -32,12 +32,18 @@ class IpfixTcpServer:
     """Accepts IPFIX exporters over TCP and delivers each message."""
 
     def __init__(
-        self, endpoints: list[str], deliver: Callable[[Datagram], None], stats: Stats
+        self,
+        endpoints: list[str],
+        deliver: Callable[[Datagram], None],
+        stats: Stats,
+        permits: Callable[[str], bool] | None = None,
     ) -> None:
         """Remember what to open; no I/O until start()."""
         self.endpoints = endpoints
         self.deliver = deliver
         self.stats = stats
+        self.permits = permits
+        self.denied = 0
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -84,6 +90,11 @@ class IpfixTcpServer:
         task = asyncio.current_task()
         peer = writer.get_extra_info("peername") or ("", 0)
         exporter, port = str(peer[0]), int(peer[1])
+        if self.permits is not None and not self.permits(exporter):
+            # Outside the exporter allowlist: refused before anything is read.
+            self.denied += 1
+            writer.close()
+            return
         if task is None or len(self._connections) >= MAX_CONNECTIONS:
             self.stats.error(exporter, "tcp_connection_limit")
             writer.close()

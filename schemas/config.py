@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -175,11 +176,15 @@ class DetectionConfig(_Section):
         description="Detector names to run; an unknown name stops start-up.",
     )
     window_seconds: float = Field(
-        default=60.0, gt=0, description="Findings per key within this become one event."
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Findings per key within this become one event (at most a day).",
     )
     lateness_seconds: float = Field(
         default=120.0,
         ge=0,
+        le=86_400,
         description="How long after a window ends late flows may still join it.",
     )
     max_open_windows: int = Field(default=100_000, gt=0)
@@ -201,7 +206,26 @@ class LimitsConfig(_Section):
     held_flowsets_per_exporter: int = Field(default=64, ge=0)
     held_bytes_per_exporter: int = Field(default=256 * 1024, ge=0)
     held_bytes_total: int = Field(default=32 * 1024 * 1024, ge=0)
-    held_max_age_seconds: float = Field(default=600.0, ge=0)
+    held_max_age_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    template_max_age_seconds: float = Field(
+        default=4 * 3600.0,
+        ge=0,
+        description="Templates not sent again within this long expire; 0 keeps "
+        "them until withdrawn (for exporters that send templates only at start).",
+    )
+    max_template_fields_per_exporter: int = Field(default=8_192, gt=0)
+    max_template_fields_total: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="All templates together; a field costs about 60 bytes.",
+    )
+    template_changes_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="Template redefinitions allowed per exporter, on average; "
+        "resending an unchanged template is free.",
+    )
+    template_change_burst: float = Field(default=200.0, ge=1)
     template_scope_by_port: bool = Field(
         default=False,
         description="Scope templates by exporter port too (RFC 7011 §8.4); off "
@@ -343,6 +367,7 @@ class Config(_Section):
     time_tolerance_seconds: float = Field(
         default=86_400.0,
         gt=0,
+        le=10 * 365 * 86_400,
         description="Flow times further than this from the export time are "
         "flagged untrusted and replaced by the export time.",
     )
@@ -351,6 +376,17 @@ class Config(_Section):
         ge=65_536,
         description="SO_RCVBUF asked for each socket (the kernel may cap it).",
     )
+    listen_tcp: list[Endpoint] = Field(
+        default=[],
+        description="TCP addresses taking IPFIX over TCP (RFC 7011 §10.4), one "
+        "exporter per connection; none by default.",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="Where templates and options state are kept across restarts "
+        "(written atomically at stop and every state_save_seconds).",
+    )
+    state_save_seconds: float = Field(default=60.0, gt=0)
     detection: DetectionConfig = DetectionConfig()
     limits: LimitsConfig = LimitsConfig()
     output: OutputConfig = OutputConfig()
