@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from collector.ie import V9_SCOPE
@@ -26,6 +27,9 @@ from collector.templates import (
 )
 
 log = logging.getLogger(__name__)
+
+# Distinct compiled templates kept for sharing between exporters.
+MAX_SHARED_LAYOUTS = 4_096
 
 # A template with more fields than this is taken as garbage rather than compiled;
 # the largest real templates (VMware vDS, Netscaler) have under 100.
@@ -108,10 +112,38 @@ class Decoder:
         self.stats = stats if stats is not None else Stats()
         self.store = TemplateStore(limits or Limits(), self.stats)
         self.sequences = SequenceTracker(sequence_rules)
+        self._layouts: OrderedDict[
+            tuple[int, tuple[FieldSpec, ...], bool, int], Layout
+        ] = OrderedDict()
         # Per message: data records decoded from its own flowsets, and whether
         # any of its flowsets had to be held (then its record count is unknown).
         self._message_records = 0
         self._message_held = False
+
+    def _compiled(
+        self,
+        template_id: int,
+        fields: tuple[FieldSpec, ...],
+        options: bool,
+        scope_count: int,
+    ) -> Layout:
+        """Compile a template, or share the layout of an identical one.
+
+        Thousands of exporters of one model send the same templates: one
+        compiled layout (about 2.7 kB) serves them all.
+        """
+        key = (template_id, fields, options, scope_count)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = Layout.compile(
+                template_id, fields, options=options, scope_count=scope_count
+            )
+            self._layouts[key] = layout
+            if len(self._layouts) > MAX_SHARED_LAYOUTS:
+                self._layouts.popitem(last=False)
+        else:
+            self._layouts.move_to_end(key)
+        return layout
 
     def _sequence(self, context: ExportContext, units: int | None) -> None:
         """Account the export packet's sequence number."""
@@ -503,12 +535,7 @@ class Decoder:
             return
         if not self.store.may_change(state, key, len(fields), context.received):
             return
-        layout = Layout.compile(
-            template_id,
-            fields,
-            options=options,
-            scope_count=scope_count,
-        )
+        layout = self._compiled(template_id, fields, options, scope_count)
         if layout.record_length == 0:
             # A record of zero bytes cannot be walked (B29): refuse the template.
             self.stats.error(context.exporter, "template_empty_record")

@@ -13,6 +13,7 @@ import ipaddress
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from collector.ie import Kind, lookup
@@ -191,6 +192,18 @@ class Layout:
         }
 
 
+@lru_cache(maxsize=65_536)
+def _ipv4_text(packed: bytes) -> str:
+    """Format a packed IPv4 address (cached: flows repeat addresses)."""
+    return str(ipaddress.IPv4Address(packed))
+
+
+@lru_cache(maxsize=65_536)
+def _ipv6_text(packed: bytes) -> str:
+    """Format a packed IPv6 address (cached: flows repeat addresses)."""
+    return str(ipaddress.IPv6Address(packed))
+
+
 def convert(column: Column, value: Any) -> Any:
     """Turn one raw field value into an int, float or string."""
     if column.direct or not isinstance(value, bytes):
@@ -201,9 +214,9 @@ def convert(column: Column, value: Any) -> Any:
         # RFC 7011 §6.2 reduced-size encoding: the value keeps its meaning.
         return int.from_bytes(value, "big", signed=kind is Kind.SIGNED)
     if kind is Kind.IPV4 and size == 4:
-        return str(ipaddress.IPv4Address(value))
+        return _ipv4_text(value)
     if kind is Kind.IPV6 and size == 16:
-        return str(ipaddress.IPv6Address(value))
+        return _ipv6_text(value)
     if kind is Kind.MAC and size == 6:
         return value.hex(":")
     if kind is Kind.STRING:
