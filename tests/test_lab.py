@@ -120,7 +120,7 @@ def test_lab_collector_decodes_every_export_packet(lab_run: LabResult) -> None:
 
 @pytest.mark.skipif(
     CALLBACK_DETECTOR not in enabled_in_lab_config(),
-    reason=f"lab/flowtrap.toml does not enable {CALLBACK_DETECTOR} yet (issue 4)",
+    reason=f"lab/flowtrap.toml does not enable {CALLBACK_DETECTOR}",
 )
 def test_lab_probe_and_callback_raise_the_callback_event(lab_run: LabResult) -> None:
     """The outside host's probe and the workstation's TCP callback are one event."""
