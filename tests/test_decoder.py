@@ -471,3 +471,45 @@ def test_exporters_holding_nothing_make_room_for_new_ones() -> None:
     records = decode(decoder, v9_packet(TEMPLATE_256, DATA_256), exporter="192.0.2.99")
     assert len(records) == 1
     assert decoder.stats.errors["exporter_limit"] == 0
+
+
+def test_exporter_port_joins_the_template_scope_when_asked() -> None:
+    """With scope_by_port, one address's two ports keep separate templates."""
+    other = flowset(0, template_record(256, ((8, 4), (12, 4))))
+    decoder = Decoder(Limits(scope_by_port=True))
+    decoder.decode(v9_packet(TEMPLATE_256), EXPORTER, 1000, 0.0)
+    decoder.decode(v9_packet(other), EXPORTER, 2000, 0.0)
+    out = decoder.decode(v9_packet(DATA_256), EXPORTER, 1000, 0.0)
+    assert (
+        out.flows[0].layout.values(out.flows[0].rows[0])["destinationTransportPort"]
+        == 631
+    )
+    shared = Decoder()
+    shared.decode(v9_packet(TEMPLATE_256), EXPORTER, 1000, 0.0)
+    out = shared.decode(v9_packet(DATA_256), EXPORTER, 2000, 0.0)
+    assert len(out.flows) == 1
+
+
+def test_ipfix_withdraw_all_removes_every_data_template_of_the_domain() -> None:
+    """Template id 2 with field count 0 withdraws all data templates (RFC 7011 §8.1)."""
+    decoder = Decoder()
+    templates = flowset(
+        2,
+        template_record(256, FIVE_TUPLE_FIELDS) + template_record(257, ((4, 1),)),
+    )
+    decode(decoder, ipfix(templates))
+    decode(decoder, ipfix(flowset(2, u16(2) + u16(0))))
+    state = decoder.store.exporter(EXPORTER, 0)
+    assert state is not None
+    assert state.templates == {}
+    assert decoder.stats.counts["templates_withdrawn"] == 2
+
+
+def test_held_data_expires_by_age_and_is_counted() -> None:
+    """A flowset held past held_max_age is dropped and counted, never decoded."""
+    decoder = Decoder(Limits(held_max_age=60))
+    decoder.decode(v9_packet(DATA_256), EXPORTER, 9995, 0.0)
+    decoder.store.expire(100.0)
+    out = decoder.decode(v9_packet(TEMPLATE_256), EXPORTER, 9995, 100.0)
+    assert out.flows == []
+    assert decoder.stats.errors["held_expired"] == 1

@@ -93,3 +93,32 @@ def test_softflowd_ipfix_times_come_from_its_options_record() -> None:
     assert flows
     assert all(f.time_trusted for f in flows)
     assert {f.start.date().isoformat() for f in flows if f.start} == {"2026-01-15"}
+
+
+def test_vrf_names_reach_the_flow() -> None:
+    """An options record naming VRF 5 labels flows with ingressVRFID 5."""
+    vrf_template = flowset(
+        3,
+        u16(300)  # template id
+        + u16(2)  # field count
+        + u16(1)  # scope field count
+        + u16(234)  # ingressVRFID (scope)
+        + u16(4)
+        + u16(236)  # VRFname
+        + u16(8),
+    )
+    vrf_data = flowset(300, u32(5) + b"blue\x00\x00\x00\x00")
+    flow_template = flowset(2, u16(256) + u16(2) + u16(234) + u16(4) + u16(2) + u16(4))
+    flow_data = flowset(256, u32(5) + u32(9))
+    body = vrf_template + vrf_data + flow_template + flow_data
+    header = u16(10) + u16(16 + len(body)) + u32(1_768_471_200) + u32(0) + u32(0)
+    decoder = Decoder()
+    options = OptionsStore()
+    out = decoder.decode(header + body, "192.0.2.1", 4739, 0.0)
+    for batch in out.options:
+        options.learn(batch)
+    batch = out.flows[0]
+    flow = build_flow(
+        batch.layout, batch.rows[0], batch.context, options.get("192.0.2.1", 0)
+    )
+    assert flow.vrf_name == "blue"
