@@ -43,13 +43,13 @@ def main() -> int:
     for event in events:
         print(json.dumps(event, separators=(",", ":"))[:300] + " ...")
     print("\nsummary:")
-    print(f"  {'exporter':<12} {'source':<22} {'destination':<24} flows  message")
+    print(f"  {'exporters':<22} {'source':<22} {'destination':<24} flows  message")
     for event in events:
         observers = ",".join(event["observer"]["ip"])
         source = f"{event['source']['ip']}:{event['source']['port']}"
         destination = f"{event['destination']['ip']}:{event['destination']['port']}"
         flows = event["flowtrap"]["flows"]
-        print(f"  {observers:<12} {source:<22} {destination:<24} {flows:<6}", end="")
+        print(f"  {observers:<22} {source:<22} {destination:<24} {flows:<6}", end="")
         print(f" {event['message'][:60]}")
     return 0 if events else 1
 
