@@ -13,6 +13,7 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from collector.capture import Datagram
 from collector.ie import V9_SCOPE
 from collector.layout import FieldSpec, Layout, Row
 from collector.sequence import SequenceRules, SequenceTracker
@@ -158,7 +159,7 @@ class Decoder:
         out = Decoded()
         self.stats.add("export_packets")
         try:
-            self._dispatch(data, exporter, port, received, out)
+            self._dispatch(Datagram(exporter, port, received, data), out)
         except Exception:
             # Every read is bounds-checked, so this is a bug in flowtrap, not bad
             # input; keep the collector alive and keep what decoded.
@@ -166,33 +167,31 @@ class Decoder:
             log.exception("decoder failed", extra={"exporter": exporter})
         return out
 
-    def _dispatch(
-        self, data: bytes, exporter: str, port: int, received: float, out: Decoded
-    ) -> None:
+    def _dispatch(self, packet: Datagram, out: Decoded) -> None:
         """Pick the decoder by the version in the first two bytes."""
+        data, exporter = packet.data, packet.exporter
         if len(data) < 2:
             self.stats.error(exporter, "truncated_header")
             return
         version = int.from_bytes(data[:2], "big")
         if version == 5:
-            self._decode_v5(data, exporter, port, received, out)
+            self._decode_v5(packet, out)
         elif version == 9:
-            self._decode_v9(data, exporter, port, received, out)
+            self._decode_v9(packet, out)
         elif version == 10:
-            self._decode_ipfix(data, exporter, port, received, out)
+            self._decode_ipfix(packet, out)
         else:
             self.stats.error(exporter, "unsupported_version")
 
-    def _decode_v5(
-        self, data: bytes, exporter: str, port: int, received: float, out: Decoded
-    ) -> None:
+    def _decode_v5(self, packet: Datagram, out: Decoded) -> None:
         """Decode v5 export packets; captures written to files may chain several."""
+        data, exporter = packet.data, packet.exporter
         if len(data) < _V5_HEADER.size:
             self.stats.error(exporter, "truncated_header")
             return
         offset = 0
         while True:
-            offset = self._v5_packet(data, offset, exporter, port, received, out)
+            offset = self._v5_packet(packet, offset, out)
             rest = len(data) - offset
             if rest < _V5_HEADER.size or data[offset : offset + 2] != b"\x00\x05":
                 break
@@ -200,16 +199,9 @@ class Decoder:
         if any(data[offset:]):
             self.stats.error(exporter, "v5_count_mismatch")
 
-    def _v5_packet(
-        self,
-        data: bytes,
-        offset: int,
-        exporter: str,
-        port: int,
-        received: float,
-        out: Decoded,
-    ) -> int:
+    def _v5_packet(self, packet: Datagram, offset: int, out: Decoded) -> int:
         """Decode one v5 packet at offset: a 24-byte header, 48-byte records."""
+        data, exporter = packet.data, packet.exporter
         _, count, uptime, secs, nsecs, sequence, engine_type, engine_id, sampling = (
             _V5_HEADER.unpack_from(data, offset)
         )
@@ -223,13 +215,13 @@ class Decoder:
 
         context = ExportContext(
             exporter=exporter,
-            port=port,
+            port=packet.port,
             version=5,
             domain=(engine_type << 8) | engine_id,
             export_time_ms=secs * 1000 + nsecs // 1_000_000,
             sys_uptime=uptime,
             sequence=sequence,
-            received=received,
+            received=packet.received,
             # The top two bits are the sampling mode, the rest the interval.
             sampling_interval=sampling & 0x3FFF,
         )
@@ -240,41 +232,37 @@ class Decoder:
         self._sequence(context, len(rows))
         return end
 
-    def _decode_v9(
-        self, data: bytes, exporter: str, port: int, received: float, out: Decoded
-    ) -> None:
+    def _decode_v9(self, packet: Datagram, out: Decoded) -> None:
         """Decode a v9 export packet (RFC 3954 §5)."""
+        data, exporter = packet.data, packet.exporter
         if len(data) < _V9_HEADER.size:
             self.stats.error(exporter, "truncated_header")
             return
         _, _count, uptime, secs, sequence, source_id = _V9_HEADER.unpack_from(data)
         context = ExportContext(
             exporter=exporter,
-            port=port,
+            port=packet.port,
             version=9,
             domain=source_id,
             export_time_ms=secs * 1000,
             sys_uptime=uptime,
             sequence=sequence,
-            received=received,
+            received=packet.received,
         )
         # The header count is never used to bound parsing (RFC 3954 §5.1 vs
         # exporters that count flowsets): flowsets are walked by their lengths.
         self._walk(data, _V9_HEADER.size, len(data), context, _V9_SETS, out)
         self._sequence(context, 1)
 
-    def _decode_ipfix(
-        self, data: bytes, exporter: str, port: int, received: float, out: Decoded
-    ) -> None:
+    def _decode_ipfix(self, packet: Datagram, out: Decoded) -> None:
         """Decode IPFIX messages (RFC 7011 §3); files and relays may chain several."""
+        data, exporter = packet.data, packet.exporter
         if len(data) < _IPFIX_HEADER.size:
             self.stats.error(exporter, "truncated_header")
             return
         offset = 0
         while len(data) - offset >= _IPFIX_HEADER.size:
-            message_end = self._ipfix_message(
-                data, offset, exporter, port, received, out
-            )
+            message_end = self._ipfix_message(packet, offset, out)
             if message_end is None:
                 return
             offset = message_end
@@ -284,16 +272,9 @@ class Decoder:
         if any(data[offset:]):
             self.stats.error(exporter, "bytes_after_message")
 
-    def _ipfix_message(
-        self,
-        data: bytes,
-        offset: int,
-        exporter: str,
-        port: int,
-        received: float,
-        out: Decoded,
-    ) -> int | None:
+    def _ipfix_message(self, packet: Datagram, offset: int, out: Decoded) -> int | None:
         """Decode one IPFIX message at offset; return where it ends, or None."""
+        data, exporter = packet.data, packet.exporter
         _, length, export_time, sequence, domain = _IPFIX_HEADER.unpack_from(
             data, offset
         )
@@ -306,13 +287,13 @@ class Decoder:
             end = len(data)
         context = ExportContext(
             exporter=exporter,
-            port=port,
+            port=packet.port,
             version=10,
             domain=domain,
             export_time_ms=export_time * 1000,
             sys_uptime=None,
             sequence=sequence,
-            received=received,
+            received=packet.received,
         )
         self._message_records = 0
         self._message_held = False
