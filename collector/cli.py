@@ -43,6 +43,7 @@ _FLAGS: tuple[tuple[str, SettingPath, Callable[[Any], Any]], ...] = (
     ("events", ("events",), list),
     ("internal_networks", ("internal_networks",), split),
     ("allowed_exporters", ("allowed_exporters",), split),
+    ("proxy_protocol_from", ("proxy_protocol_from",), split),
     ("metrics", ("metrics",), str),
     ("detectors", ("detection", "enabled"), split),
     ("window", ("detection", "window_seconds"), str),
@@ -100,6 +101,11 @@ def _live(parser: argparse.ArgumentParser) -> None:
         help="only these exporters may send; others are dropped and counted",
     )
     parser.add_argument(
+        "--proxy-protocol-from",
+        metavar="CIDR,...",
+        help="load balancers whose PROXY headers name the exporter (UDP only)",
+    )
+    parser.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz here (a bare PORT is on 127.0.0.1)",
@@ -116,9 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _live(commands.add_parser("run", help="collect live export packets over UDP"))
 
-    replay = commands.add_parser("replay", help="run pcap/pcapng captures through")
+    replay = commands.add_parser(
+        "replay", help="run pcap/pcapng captures through the same pipeline"
+    )
     replay.add_argument("captures", nargs="+", type=Path, metavar="CAPTURE")
-    replay.add_argument("--port", type=int, help="only UDP datagrams to this port")
+    replay.add_argument(
+        "--port", type=_port, help="only UDP datagrams to this port (1-65535)"
+    )
     _common(replay)
 
     _live(
@@ -143,6 +153,13 @@ def flag_settings(args: argparse.Namespace) -> dict[SettingPath, tuple[Any, str]
     return found
 
 
+def _port(text: str) -> int:
+    """Parse a UDP port number for --port."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """Merge the file, the environment and the flags, and validate once."""
     file = config_file(args.config, os.environ)
@@ -152,10 +169,17 @@ def load_config(args: argparse.Namespace) -> Config:
     return validate_config(layers)
 
 
-def _configured(args: argparse.Namespace) -> Config:
-    """Load the config and set up logging as it says."""
+def _configured(args: argparse.Namespace, quiet: bool = False) -> Config:
+    """Load the config and set up logging as it says.
+
+    ``quiet`` (replay) logs warnings and worse unless --log-level says otherwise,
+    so that the summary on standard error stays readable.
+    """
     config = load_config(args)
-    setup_logging(config.log_level, config.log_format)
+    level = config.log_level
+    if quiet and getattr(args, "log_level", None) is None:
+        level = "warning"
+    setup_logging(level, config.log_format)
     return config
 
 
@@ -199,7 +223,7 @@ def progress_bar(paths: Sequence[Path]) -> tqdm[Any] | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Run captures through the pipeline with the capture's own clock."""
-    config = _configured(args)
+    config = _configured(args, quiet=True)
     sink = outputs.build(config)
     pipeline = make_pipeline(config, sink, Networks(config.internal_networks))
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from collector.allowlist import Allowlist
 from collector.capture import Datagram
+from collector.proxy import PREFIXES, ProxyProtocol
 from schemas.config import parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Listener:
         receive_buffer: int,
         deliver: Callable[[Datagram], None],
         allowlist: Allowlist | None = None,
+        proxy: ProxyProtocol | None = None,
     ) -> None:
         """Remember what to open; no I/O until start()."""
         self.endpoints = endpoints
@@ -80,6 +82,8 @@ class Listener:
         self.deliver = deliver
         # Replaced whole on reload (SIGHUP); None lets any host send.
         self.allowlist = allowlist
+        # Trusts no PROXY header unless told which load balancers send them.
+        self.proxy = proxy if proxy is not None else ProxyProtocol()
         self.sockets: list[socket.socket] = []
         self.received = 0
         self.denied = 0
@@ -106,6 +110,8 @@ class Listener:
     def _drain(self, sock: socket.socket) -> bool:
         """Read up to a batch of datagrams; return True if the batch was full."""
         now = time.time()
+        proxy = self.proxy
+        behind_balancer = proxy.trusted is not None
         for _ in range(DRAIN_BATCH):
             try:
                 data, address = sock.recvfrom(MAX_DATAGRAM)
@@ -115,11 +121,19 @@ class Listener:
                 log.warning("receive failed", extra={"error": str(error)})
                 return False
             self.received += 1
+            exporter, port = address[0], address[1]
+            # Without trusted load balancers this prefix test is all a
+            # datagram pays; a PROXY header is then always dropped.
+            if behind_balancer or data.startswith(PREFIXES):
+                unwrapped = proxy.unwrap(data, exporter, port)
+                if unwrapped is None:
+                    continue
+                exporter, port, data = unwrapped
             allowlist = self.allowlist
-            if allowlist is not None and not allowlist.permits(address[0]):
-                self._deny(address[0])
+            if allowlist is not None and not allowlist.permits(exporter):
+                self._deny(exporter)
                 continue
-            self.deliver(Datagram(address[0], address[1], now, data))
+            self.deliver(Datagram(exporter, port, now, data))
         return True
 
     def _deny(self, source: str) -> None:

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from collector.listener import Listener
 from collector.outputs import QueuedOutput
 from collector.pipeline import Pipeline
+from collector.proxy import REASONS
 from schemas.config import parse_endpoint
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,16 @@ class CollectorMetrics(Collector):
             "Datagrams dropped because their source is not an allowed exporter.",
             value=listener.denied,
         )
+        proxy = CounterMetricFamily(
+            "flowtrap_proxy_errors",
+            "Datagrams dropped for their PROXY header: untrusted sender, malformed, "
+            "unexpected (option off) or missing (from a trusted load balancer).",
+            labels=["reason"],
+        )
+        errors = Counter(dict.copy(listener.proxy.errors))
+        for reason in REASONS:
+            proxy.add_metric([reason], errors[reason])
+        yield proxy
         drops = CounterMetricFamily(
             "flowtrap_socket_receive_drops",
             "Datagrams the kernel dropped because the receive buffer was full.",

@@ -24,6 +24,7 @@ from collector.decoder import Decoder
 from collector.listener import Listener
 from collector.metrics import CollectorMetrics, Health, MetricsServer, registry_for
 from collector.pipeline import Pipeline
+from collector.proxy import ProxyProtocol
 from collector.records import TimeRules
 from collector.reporter import InputReporter
 from collector.sinks import Sink
@@ -116,6 +117,7 @@ class Service:
             config.receive_buffer_bytes,
             self.pipeline.feed,
             allowlist,
+            ProxyProtocol(config.proxy_protocol_from),
         )
         self.tcp: IpfixTcpServer | None = None
         if config.listen_tcp:
@@ -199,6 +201,7 @@ class Service:
         """Advance the clock, report bad input, and show the loop is alive."""
         self.pipeline.advance(time.time())
         self.reporter.report()
+        self.listener.proxy.report()
         self.health.beat()
 
     def _stop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -212,6 +215,7 @@ class Service:
         self.pipeline.flush()
         self._save_state()
         self.reporter.report()
+        self.listener.proxy.report()
         if self.metrics is not None:
             self.metrics.stop()
         stats = self.pipeline.stats
@@ -220,6 +224,7 @@ class Service:
             extra={
                 "datagrams": self.listener.received,
                 "denied": self.listener.denied,
+                "proxy_errors": dict(self.listener.proxy.errors),
                 "flow_records": stats.counts["flow_records"],
                 "events": sum(self.pipeline.events.values()),
                 "errors": dict(stats.errors),

@@ -357,6 +357,13 @@ class Config(_Section):
         description="Exporters that may send; datagrams from others are dropped "
         "and counted. Unset: any host may send.",
     )
+    proxy_protocol_from: list[IPvAnyNetwork] | None = Field(
+        default=None,
+        min_length=1,
+        description="Load balancers whose PROXY v1/v2 headers name the exporter "
+        "of each UDP export packet; headers from others are dropped and counted. "
+        "Unset: every PROXY header is dropped and counted.",
+    )
     metrics: MetricsEndpoint | None = Field(
         default=None,
         description="HOST:PORT (or a bare PORT, on 127.0.0.1) serving /metrics, "

@@ -188,3 +188,23 @@ def test_replay_without_a_terminal_draws_no_bar(
     _, summary = replay(capsys, str(EXPORTS / "softflowd-v9.pcap"))
     assert summary["export_packets"] == 1
     assert cli.progress_bar([EXPORTS / "softflowd-v9.pcap"]) is None
+
+
+def test_events_naming_a_directory_stop_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--events DIR is refused before anything is written, not written beside it."""
+    code = main(
+        ["replay", str(EXPORTS / "softflowd-v9.pcap"), "--events", str(tmp_path)]
+    )
+    assert code == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}-*"))
+
+
+def test_replay_summary_on_stderr_is_json_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --log-level, replay logs nothing at INFO, so stderr parses as JSON."""
+    assert main(["replay", str(EXPORTS / "softflowd-v9.pcap")]) == 0
+    assert json.loads(capsys.readouterr().err)["flow_records"] == 12

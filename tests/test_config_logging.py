@@ -56,6 +56,8 @@ def test_replay_logs_in_json_when_asked(tmp_path: Path) -> None:
             str(EXPORTS / "softflowd-v9.pcap"),
             "--log-format",
             "json",
+            "--log-level",
+            "info",
             "--events",
             f"{tmp_path}/events.jsonl",
         ],

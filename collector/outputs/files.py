@@ -139,6 +139,12 @@ class RotatingFileOutput(_LineOutput):
 
     def open(self) -> None:
         """Create the directory and the first file (a failure stops start-up)."""
+        if self.link.is_dir():
+            raise IsADirectoryError(
+                errno.EISDIR,
+                "is a directory; name a file in it, such as DIR/events.jsonl",
+                str(self.link),
+            )
         self.link.parent.mkdir(parents=True, exist_ok=True)
         self._new_file(time.time())
         self.connected = True
