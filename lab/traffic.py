@@ -8,12 +8,16 @@ round it sends ordinary traffic to the outside host (a DNS query on UDP/53, a
 TLS-looking exchange on TCP/443) and three cups-browsed browse packets to the
 outside host's UDP/631, the egress that ``cups_browsed_internal_external``
 flags.  It then waits on its own UDP/631 for a probe and, as cups-browsed does
-(CVE-2024-47176), fetches the printer URL the probe advertises over TCP.
+(CVE-2024-47176), fetches the printer URL the probe advertises over TCP.  Each
+round ends with background traffic, which no real workstation's network is
+without: a bounded burst of datagrams to the outside host's discard service
+(UDP/9, RFC 863).  It is there for softflowd 1.1.0, which processes captured
+packets only in full 256 KiB blocks (see BACKGROUND_DATAGRAMS).
 
 ``outside`` plays the external host: it answers the DNS query and the TCP/443
-exchange, takes the browse packets, and answers a host's browse packets by
-probing that host's UDP/631 with a printer URL that points back at its own
-TCP/8631, where it answers the callback's IPP request.
+exchange, takes the browse packets and the discard datagrams, and answers a
+host's browse packets by probing that host's UDP/631 with a printer URL that
+points back at its own TCP/8631, where it answers the callback's IPP request.
 
 Nothing is sent anywhere but the addresses given on the command line: the
 outside host probes only hosts that sent it browse packets, and the
@@ -39,6 +43,7 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger("lab.traffic")
 
+DISCARD_PORT = 9
 DNS_PORT = 53
 TLS_PORT = 443
 CUPS_PORT = 631
@@ -46,6 +51,26 @@ CALLBACK_PORT = 8631
 
 #: Browse packets the workstation sends to the outside host's UDP/631 per round.
 BROWSE_PACKETS = 3
+
+#: Datagrams of background traffic the workstation sends at the end of a round.
+#: softflowd 1.1.0 captures without libpcap's immediate mode, so the kernel hands
+#: its packets over only when a 256 KiB ring block is full, never on a timer.  A
+#: datagram longer than softflowd's snaplen takes 247 bytes of a block (what the
+#: snaplen keeps plus the ring's header), so 1,062 captured packets fill one
+#: from empty (measured; small ones take less room: about 1,800 of 16 bytes).
+#: With a round's 49 packets in the block first, 1,000 datagrams were too few
+#: and 1,050 enough; 1,200 leave a margin.  The round's flows are processed as
+#: soon as the burst has passed, and exported after softflowd's timeouts.
+BACKGROUND_DATAGRAMS = 1200
+
+#: Payload bytes per background datagram: more than softflowd's snaplen keeps,
+#: so each takes the most room in a block, yet the burst stays about 350 kB.
+BACKGROUND_SIZE = 256
+
+#: The burst goes out in slices this big with a short pause after each, so it
+#: takes about a tenth of a second and overruns no queue on the way.
+BACKGROUND_SLICE = 100
+BACKGROUND_PAUSE = 0.01
 
 #: Seconds between the ordinary traffic and the browse packets of a round.
 ORDINARY_GAP = 1.0
@@ -179,6 +204,7 @@ class WorkstationSettings:
     interval: float
     probe_wait: float
     delay: float = 0.0
+    background: int = BACKGROUND_DATAGRAMS
 
 
 def workstation(settings: WorkstationSettings, stopping: threading.Event) -> int:
@@ -208,6 +234,43 @@ def workstation(settings: WorkstationSettings, stopping: threading.Event) -> int
 
 
 def _round(
+    settings: WorkstationSettings, cups: socket.socket, number: int
+) -> list[str]:
+    """Play one round, then its background burst; return what failed."""
+    failed = _exchanges(settings, cups, number)
+    if settings.background:
+        try:
+            port = background(settings.address, settings.outside, settings.background)
+            log.info(
+                "background udp %s:%d -> %s:%d x%d",
+                settings.address,
+                port,
+                settings.outside,
+                DISCARD_PORT,
+                settings.background,
+            )
+        except OSError as error:
+            failed.append(f"background: {error}")
+    return failed
+
+
+def background(source: str, outside: str, count: int) -> int:
+    """Send ``count`` datagrams to the outside host's discard service.
+
+    They come from one socket, so they are one flow; return its source port.
+    """
+    payload = bytes(BACKGROUND_SIZE)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        for sent in range(count):
+            sock.sendto(payload, (outside, DISCARD_PORT))
+            if (sent + 1) % BACKGROUND_SLICE == 0:
+                time.sleep(BACKGROUND_PAUSE)
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _exchanges(
     settings: WorkstationSettings, cups: socket.socket, number: int
 ) -> list[str]:
     """Send one round of traffic and answer the probe; return what failed."""
@@ -280,6 +343,7 @@ class Outside:
     def open(self) -> None:
         """Bind every service the outside host offers, keyed by port."""
         for port, kind in (
+            (DISCARD_PORT, socket.SOCK_DGRAM),
             (DNS_PORT, socket.SOCK_DGRAM),
             (CUPS_PORT, socket.SOCK_DGRAM),
             (TLS_PORT, socket.SOCK_STREAM),
@@ -317,7 +381,9 @@ class Outside:
 
     def _handle(self, sock: socket.socket, port: int) -> None:
         """Serve one datagram or one connection on ``port``."""
-        if port == DNS_PORT:
+        if port == DISCARD_PORT:
+            self._discard(sock)
+        elif port == DNS_PORT:
             query, peer = sock.recvfrom(512)
             answer = dns_answer(query, ANSWER_ADDRESS)
             if answer is not None:
@@ -338,6 +404,15 @@ class Outside:
                 log.info("callback from %s: %r", host, request.split(b"\r\n")[0])
             else:
                 self._count("tls")
+
+    def _discard(self, sock: socket.socket) -> None:
+        """Read and drop every datagram waiting on the discard service."""
+        while True:
+            try:
+                sock.recv(2048, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            self._count("discard")
 
     def _probe(self, cups: socket.socket, host: str) -> None:
         """Probe a host that sent browse packets, at most once per probe gap."""
@@ -376,6 +451,12 @@ def _parser() -> argparse.ArgumentParser:
     ws.add_argument("--interval", type=float, default=20.0, help="seconds between")
     ws.add_argument("--probe-wait", type=float, default=IO_TIMEOUT)
     ws.add_argument("--delay", type=float, default=0.0, help="seconds before the first")
+    ws.add_argument(
+        "--background",
+        type=int,
+        default=BACKGROUND_DATAGRAMS,
+        help="discard datagrams at the end of each round (0: none)",
+    )
 
     out = roles.add_parser("outside", help="the external host")
     out.add_argument("--address", type=_address, required=True, help="own address")
@@ -407,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             interval=args.interval,
             probe_wait=args.probe_wait,
             delay=args.delay,
+            background=args.background,
         )
         return workstation(settings, stopping)
 

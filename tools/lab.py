@@ -5,12 +5,15 @@ traffic script and the same configuration files: a workstation and the
 collector on the inside segment, a router, and an outside host.  An exporter
 captures live on the workstation's interface and exports IPFIX to
 ``flowtrap run``; the workstation sends its traffic; the lab waits until the
-events file shows the egress event, as a SIEM agent tailing it would see it,
-then stops everything and deletes every namespace, also when interrupted.
+events file shows the egress event and the callback event (when
+``lab/flowtrap.toml`` enables its detector), as a SIEM agent tailing it would
+see them, then stops everything and deletes every namespace, also when
+interrupted.
 
 Usage (root: network namespaces need CAP_SYS_ADMIN)::
 
-    python tools/lab.py run [--exporter pmacctd|softflowd] [--keep DIR]
+    python tools/lab.py run [--exporter softflowd|pmacctd] [--keep DIR]
+                            [--background DATAGRAMS]
     python tools/lab.py clean [--all]
 """
 
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from lab.traffic import BACKGROUND_DATAGRAMS  # noqa: E402 - after the path is set
 from tools.lab_exporters import (  # noqa: E402 - after the path is set
     DEFAULT_EXPORTER,
     EXPORT_PORT,
@@ -64,6 +69,17 @@ TRAFFIC = LAB / "traffic.py"
 FLOWTRAP_CONFIG = LAB / "flowtrap.toml"
 
 EGRESS_DETECTOR = "cups_browsed_internal_external"
+CALLBACK_DETECTOR = "cups_browsed_callback"
+
+
+def expected_detectors() -> list[str]:
+    """Return the detectors the lab's traffic trips that lab/flowtrap.toml enables.
+
+    The egress is always expected; the probe and its callback only raise an
+    event when the callback detector is enabled.
+    """
+    enabled = tomllib.loads(FLOWTRAP_CONFIG.read_text())["detection"]["enabled"]
+    return [EGRESS_DETECTOR] + [d for d in (CALLBACK_DETECTOR,) if d in enabled]
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,8 @@ class Lab:
 
     workdir: Path
     exporter: str = DEFAULT_EXPORTER
+    #: Datagrams of the workstation's background burst at the end of its round.
+    background: int = BACKGROUND_DATAGRAMS
     wait_seconds: float = STEP_TIMEOUT
     report: Callable[[str], None] = lambda line: None
     topology: Topology = field(default_factory=Topology)
@@ -156,8 +174,9 @@ class Lab:
         # The exporter expires each flow a few seconds after its last packet
         # (its timeouts), and the collector writes the event once the window
         # has closed: the lab watches the file as a SIEM agent would.
-        self.report(f"waiting for {EGRESS_DETECTOR} in {self.events_path}")
-        self._wait_for_event(EGRESS_DETECTOR, collector, capture)
+        expected = expected_detectors()
+        self.report(f"waiting for {', '.join(expected)} in {self.events_path}")
+        self._wait_for_events(expected, collector, capture)
         capture.stop()
         exporter.check_log(capture.text())
         if collector.stop() != 0:
@@ -165,10 +184,11 @@ class Lab:
         return read_events(self.events_path)
 
     def _workstation(self) -> None:
-        """Play one round of the workstation's traffic, probe and callback."""
+        """Play one round of the workstation's traffic, probe, callback and burst."""
         command = [
             sys.executable, str(TRAFFIC), "workstation", "--address", WORKSTATION,
             "--outside", OUTSIDE, "--rounds", "1",
+            "--background", str(self.background),
         ]  # fmt: skip
         log = self.workdir / "workstation.log"
         with log.open("wb") as sink:
@@ -186,24 +206,31 @@ class Lab:
         if done.returncode != 0:
             raise LabError(f"the workstation's round failed:\n{log.read_text()}")
 
-    def _wait_for_event(self, detector: str, *witnesses: Background) -> None:
-        """Wait until the events file holds an event of ``detector``."""
+    def _wait_for_events(
+        self, detectors: Sequence[str], *witnesses: Background
+    ) -> None:
+        """Wait until the events file holds an event of each of ``detectors``."""
         deadline = time.monotonic() + self.wait_seconds
+        missing = set(detectors)
         while time.monotonic() < deadline:
             written = (
                 self.events_path.read_bytes() if self.events_path.exists() else b""
             )
             # Only whole lines: the collector may be halfway through a write.
             whole = written[: written.rfind(b"\n") + 1]
-            if any(
-                orjson.loads(line)["event"]["action"] == detector
+            missing -= {
+                orjson.loads(line)["event"]["action"]
                 for line in whole.splitlines()
                 if line
-            ):
+            }
+            if not missing:
                 return
             time.sleep(0.2)
         logs = "".join(f"\n--- {w.name}:\n{w.text()}" for w in witnesses)
-        raise LabError(f"no {detector} event within {self.wait_seconds:g} s{logs}")
+        raise LabError(
+            f"no {', '.join(sorted(missing))} event within "
+            f"{self.wait_seconds:g} s{logs}"
+        )
 
 
 def summary(events: list[dict[str, Any]]) -> list[str]:
@@ -232,7 +259,10 @@ def _run(args: argparse.Namespace) -> int:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="flowtrap-lab-"))
         )
         lab = Lab(
-            workdir, exporter=args.exporter, report=lambda line: print(f"lab: {line}")
+            workdir,
+            exporter=args.exporter,
+            background=args.background,
+            report=lambda line: print(f"lab: {line}"),
         )
         try:
             result = lab.run()
@@ -252,8 +282,8 @@ def _run(args: argparse.Namespace) -> int:
         for line in summary(result.events):
             print(f"  {line}")
         print(f"\nlab finished in {result.seconds:.1f} s")
-        egress = [e for e in result.events if e["event"]["action"] == EGRESS_DETECTOR]
-        return 0 if egress else 1
+        raised = {e["event"]["action"] for e in result.events}
+        return 0 if set(expected_detectors()) <= raised else 1
 
 
 def _clean(args: argparse.Namespace) -> int:
@@ -270,6 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="run the lab once and show the events")
     run.add_argument("--exporter", choices=EXPORTERS, default=DEFAULT_EXPORTER)
     run.add_argument("--keep", type=Path, help="keep logs and events in this directory")
+    run.add_argument(
+        "--background",
+        type=int,
+        default=BACKGROUND_DATAGRAMS,
+        metavar="DATAGRAMS",
+        help="the workstation's background burst (0: none, which stalls softflowd)",
+    )
     clean = commands.add_parser("clean", help="remove namespaces of dead labs")
     clean.add_argument("--all", action="store_true", help="also those of running labs")
     args = parser.parse_args(argv)

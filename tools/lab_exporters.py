@@ -1,8 +1,14 @@
-"""The exporters the lab can capture with: pmacctd (the default) and softflowd.
+"""The exporters the lab can capture with: softflowd (the default) and pmacctd.
 
 Both capture live on the workstation's interface, export IPFIX to the
-collector and expire a flow a few seconds after its last packet.  pmacctd
-reads ``lab/pmacctd.conf``, the file the docker-compose lab uses too.
+collector and expire a flow a few seconds after its last packet.  Both labs
+start them with ``lab/exporter.sh``, which holds softflowd's options and points
+pmacctd at ``lab/pmacctd.conf``.
+
+softflowd 1.1.0 (Debian 12) processes live packets only once a 256 KiB
+capture block is full, so it depends on the workstation's background burst at
+the end of each round (``lab/traffic.py``); ``check_capturing`` tells when
+that was not enough.
 """
 
 from __future__ import annotations
@@ -14,21 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.exporters import exporter_path
-from tools.lab_netns import CAPTURE_INTERFACE, COLLECTOR
 from tools.lab_process import LabError
 
-PMACCTD_CONFIG = Path(__file__).resolve().parents[1] / "lab" / "pmacctd.conf"
+LAB = Path(__file__).resolve().parents[1] / "lab"
+PMACCTD_CONFIG = LAB / "pmacctd.conf"
+EXPORTER_SCRIPT = LAB / "exporter.sh"
 
 EXPORT_PORT = 4739
 
-EXPORTERS = ("pmacctd", "softflowd")
+EXPORTERS = ("softflowd", "pmacctd")
 
-#: softflowd 1.1.0 (Debian 12) never processes packets captured live on a
-#: quiet interface (see SoftflowdStalledError), so pmacctd is the default.
-DEFAULT_EXPORTER = "pmacctd"
-
-#: softflowd's timeouts, the same as nfprobe_timeouts in lab/pmacctd.conf.
-SOFTFLOWD_TIMEOUTS = ("udp=3", "tcp=3", "tcp.fin=1", "maxlife=10", "expint=1")
+#: The exporter the specification names; lab/exporter.sh defaults to it too.
+DEFAULT_EXPORTER = "softflowd"
 
 #: pmacctd log lines that mean it did not run as configured: it only warns
 #: about an unknown config key and carries on with the default.
@@ -45,10 +48,11 @@ class SoftflowdStalledError(LabError):
     """softflowd captured packets but never processed them.
 
     softflowd 1.1.0 opens its live capture without libpcap's immediate mode,
-    so on a quiet interface the packets wait in a ring block that is never
-    handed over: ``softflowctl statistics`` shows packets received by libpcap
-    and none processed, and nothing is exported.  Open upstream as
-    irino/softflowd pull request 71.
+    so the kernel hands packets over only when a 256 KiB ring block is full,
+    never on a timer: on a quiet interface ``softflowctl statistics`` shows
+    packets received by libpcap and none processed, and nothing is exported.
+    Open upstream as irino/softflowd pull request 71.  The workstation's
+    background burst fills a block each round; this error means it did not.
     """
 
 
@@ -91,9 +95,10 @@ class Exporter:
         if processed == 0 and received > 0:
             raise SoftflowdStalledError(
                 f"softflowd received {received} packets by libpcap and processed "
-                "none: softflowd 1.1.0 does not hand packets over on a quiet live "
-                "interface (no libpcap immediate mode; irino/softflowd PR 71). "
-                "Run the lab with --exporter pmacctd."
+                "none: softflowd 1.1.0 hands packets over only in full 256 KiB "
+                "capture blocks (no libpcap immediate mode; irino/softflowd PR 71) "
+                "and the workstation's background burst did not fill one. "
+                "Run the lab with a larger --background, or --exporter pmacctd."
             )
 
     def check_log(self, log: str) -> None:
@@ -115,26 +120,17 @@ def exporter(name: str, workdir: Path) -> Exporter:
     if binary is None:
         package = "pmacct" if name == "pmacctd" else name
         raise LabError(f"{name} is not installed (apt-get install {package})")
+    script = ["sh", str(EXPORTER_SCRIPT), name]
     if name == "pmacctd":
         # The core logs the link type once the capture is open; the nfprobe
         # plugin logs its receiver once it is ready to export.
         ready = ("link type is", "Exporting flows to")
-        return Exporter(name, [binary, "-f", str(PMACCTD_CONFIG)], ready, workdir)
-    command = [
-        binary,
-        "-d",
-        "-i",
-        CAPTURE_INTERFACE,
-        "-v",
-        "10",
-        "-n",
-        f"{COLLECTOR}:{EXPORT_PORT}",
+        return Exporter(name, script, ready, workdir)
+    control = [
         "-c",
         str(workdir / "softflowd.ctl"),
         "-p",
         str(workdir / "softflowd.pid"),
-        *(option for timeout in SOFTFLOWD_TIMEOUTS for option in ("-t", timeout)),
-        # Its own export packets cross the same interface: leave them out.
-        f"not (udp and port {EXPORT_PORT})",
     ]
-    return Exporter(name, command, ("starting data collection",), workdir)
+    ready = ("starting data collection", "Exporting flows from")
+    return Exporter(name, [*script, *control], ready, workdir)
