@@ -45,6 +45,7 @@ _FLAGS: tuple[tuple[str, SettingPath, Callable[[Any], Any]], ...] = (
     ("allowed_exporters", ("allowed_exporters",), split),
     ("proxy_protocol_from", ("proxy_protocol_from",), split),
     ("metrics", ("metrics",), str),
+    ("cluster", ("cluster",), str),
     ("detectors", ("detection", "enabled"), split),
     ("window", ("detection", "window_seconds"), str),
     ("event_format", ("event_format",), str),
@@ -109,6 +110,12 @@ def _live(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz here (a bare PORT is on 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="nats://HOST:PORT",
+        help="join other collectors through NATS JetStream: shared findings, "
+        "each event written once",
     )
     _common(parser)
 

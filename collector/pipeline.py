@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from collector.sinks import Sink
 from detectors.base import Detector, Finding, SourceWatch, Ticking
 from detectors.events import to_event
 from detectors.windows import Window, Windows
+from schemas.flow import FlowRecord
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ class Pipeline:
         self._state: tuple[Path, float] | None = None
         self._last_save = 0.0
         self._clock = 0.0
+        # Called with every flow record some detector wanted (a cluster
+        # publishes them to the other nodes); None on a single collector.
+        self.observer: Callable[[FlowRecord], None] | None = None
 
     def _union(self, name: str) -> frozenset[int] | None:
         """Union one interest field over every detector; None if any wants all."""
@@ -266,6 +270,10 @@ class Pipeline:
             self._lookback_rows -= len(old.rows)
             if kept_at >= horizon:
                 self.stats.add("lookback_rows_evicted", len(old.rows))
+        self._replay_fresh()
+
+    def _replay_fresh(self) -> None:
+        """Give every detector's newly watched sources the kept rows they missed."""
         if not any(watch.fresh for watch in self._watches):
             return
         for detector in self.detectors:
@@ -290,6 +298,8 @@ class Pipeline:
             # A row its protocol and port let through was delivered already.
             if not detector.interest.wants_by_port(flow):
                 self._run(detector, flow)
+                if self.observer is not None:
+                    self.observer(flow)
 
     def _detect(self, batch: Batch) -> None:
         """Run every detector on the rows that pass the cheap filter."""
@@ -297,9 +307,26 @@ class Pipeline:
         options = self.options.get(context.exporter, context.domain)
         for row in self._candidates(batch):
             flow = build_flow(batch.layout, row, context, options, self.time_rules)
+            wanted = False
+            for detector in self.detectors:
+                if detector.interest.wants(flow):
+                    wanted = True
+                    self._run(detector, flow)
+            if wanted and self.observer is not None:
+                self.observer(flow)
+
+    def observe(self, flows: Iterable[FlowRecord]) -> None:
+        """Run the detectors on flow records another collector decoded.
+
+        They join the same detector state as local ones, so a probe decoded
+        elsewhere and a callback decoded here correlate; a source they make
+        watched gets the kept local rows it missed.
+        """
+        for flow in flows:
             for detector in self.detectors:
                 if detector.interest.wants(flow):
                     self._run(detector, flow)
+        self._replay_fresh()
 
     def _run(self, detector: Detector, flow: Any) -> None:
         """Evaluate one detector; its failure is counted, never spread."""

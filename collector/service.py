@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from collector import outputs
 from collector.allowlist import Allowlist
@@ -35,6 +36,9 @@ from detectors.networks import IPNetwork, Networks
 from detectors.registry import build
 from detectors.windows import Windows, WindowSettings
 from schemas.config import Config
+
+if TYPE_CHECKING:
+    from collector.cluster import Cluster
 
 log = logging.getLogger("flowtrap")
 
@@ -109,6 +113,7 @@ class Service:
         self.networks = Networks(config.internal_networks)
         self.outputs = outputs.build(config)
         self.pipeline = make_pipeline(config, self.outputs, self.networks)
+        self.cluster = self._join(config)
         if config.state_file is not None:
             self.pipeline.keep_state(config.state_file, config.state_save_seconds)
         allowlist = allowlist_of(config)
@@ -134,9 +139,42 @@ class Service:
             collector = CollectorMetrics(
                 self.pipeline, self.listener, self.outputs.outputs, self.health
             )
-            self.metrics = MetricsServer(
-                config.metrics, registry_for(collector), self.health
+            registry = registry_for(collector)
+            if self.cluster is not None:
+                from collector.cluster import ClusterMetrics
+
+                registry.register(ClusterMetrics(self.cluster))
+            self.metrics = MetricsServer(config.metrics, registry, self.health)
+
+    def _join(self, config: Config) -> Cluster | None:
+        """Join the cluster, if one is configured: share findings, claim events."""
+        if config.cluster is None:
+            return None
+        # Imported here: the NATS client costs start-up time a single
+        # collector does not need to pay.
+        from collector.cluster import (
+            ClaimingSink,
+            Cluster,
+            ClusterSettings,
+            retention_for,
+        )
+
+        detection = config.detection
+        retention = retention_for(
+            self.pipeline.detectors,
+            detection.window_seconds,
+            detection.lateness_seconds,
+        )
+        cluster = Cluster(
+            ClusterSettings(
+                config.cluster,
+                retention,
+                drain_seconds=config.output.drain_seconds,
             )
+        )
+        self.pipeline.observer = cluster.publish
+        self.pipeline.sinks = [ClaimingSink(self.outputs, cluster)]
+        return cluster
 
     async def run(self) -> int:
         """Start, serve until SIGTERM or SIGINT, then stop cleanly."""
@@ -179,6 +217,8 @@ class Service:
         except outputs.OutputError as error:
             raise ConfigError(str(error)) from None
         self._load_state()
+        if self.cluster is not None:
+            self.cluster.start()
         try:
             if self.metrics is not None:
                 self.metrics.start()
@@ -187,6 +227,8 @@ class Service:
             self.listener.stop(loop)
             if self.metrics is not None:
                 self.metrics.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
             self.outputs.close()
             raise ConfigError(str(error)) from None
 
@@ -199,10 +241,16 @@ class Service:
 
     def _tick(self) -> None:
         """Advance the clock, report bad input, and show the loop is alive."""
+        self._take_observations()
         self.pipeline.advance(time.time())
         self.reporter.report()
         self.listener.proxy.report()
         self.health.beat()
+
+    def _take_observations(self) -> None:
+        """Run the other nodes' observations through this node's detectors."""
+        if self.cluster is not None:
+            self.pipeline.observe(self.cluster.take())
 
     def _stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop receiving, decode what arrived, emit every window, drain, save."""
@@ -211,6 +259,7 @@ class Service:
         # close every window so that its event is written before the outputs
         # drain and close.
         self.listener.stop(loop)
+        self._take_observations()
         self.pipeline.advance(time.time())
         self.pipeline.flush()
         self._save_state()

@@ -162,6 +162,30 @@ def _check_target(text: str) -> str:
 OutputTarget = Annotated[str, AfterValidator(_check_target)]
 
 
+def parse_nats(text: str) -> tuple[str, str]:
+    """Split ``nats://HOST:PORT[/SUBJECT]`` into server URL and subject."""
+    parts = urlsplit(text.strip())
+    if parts.scheme != "nats" or parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: write nats://HOST:PORT")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+    if not host or not _is_host(host) or not port:
+        raise ValueError(f"{text!r}: write nats://HOST:PORT with a port")
+    return f"nats://{parts.netloc}", parts.path.strip("/")
+
+
+def _check_cluster(text: str) -> str:
+    """Validate the cluster's NATS server: nats://HOST:PORT, no subject."""
+    if parse_nats(text)[1]:
+        raise ValueError(f"{text!r}: the cluster takes nats://HOST:PORT only")
+    return text
+
+
+ClusterUrl = Annotated[str, AfterValidator(_check_cluster)]
+
+
 class _Section(BaseModel):
     """Base for config sections: unknown keys are errors, not silently ignored."""
 
@@ -394,6 +418,12 @@ class Config(_Section):
         "(written atomically at stop and every state_save_seconds).",
     )
     state_save_seconds: float = Field(default=60.0, gt=0)
+    cluster: ClusterUrl | None = Field(
+        default=None,
+        description="nats://HOST:PORT of a NATS JetStream server joining "
+        "collectors into one cluster that shares findings and writes each event "
+        "once; off when unset.",
+    )
     detection: DetectionConfig = DetectionConfig()
     limits: LimitsConfig = LimitsConfig()
     output: OutputConfig = OutputConfig()

@@ -45,7 +45,6 @@ CAPTURES = (
 )
 EXPORTERS = {f"127.0.0.{i + 2}": name for i, name in enumerate(CAPTURES)}
 EGRESS = "cups_browsed_internal_external"
-CALLBACK = "cups_browsed_callback"
 # nginx hashes 8 exporters onto 2 instances; all on one happens 1 time in 128,
 # and then the balancer is rebuilt on new ports rather than the test passing
 # without having split anything.
@@ -173,17 +172,6 @@ def _balanced(
     "detectors",
     [
         pytest.param(EGRESS, id="egress"),
-        pytest.param(
-            f"{EGRESS},{CALLBACK}",
-            id="egress-and-callback",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the callback detector reports a connection once however "
-                "many exporters saw it; instances share no state yet (the NATS "
-                "half of the scale-out issue), so each instance reports it",
-            ),
-        ),
     ],
 )
 def test_two_instances_behind_nginx_find_what_one_direct_instance_finds(
