@@ -264,17 +264,44 @@ def registry_for(metrics: CollectorMetrics) -> CollectorRegistry:
     return registry
 
 
+# Requests answered at once, and how long a client may take to send one; past
+# these a connection is closed, so slow or many clients cannot pile up threads.
+MAX_CONCURRENT_REQUESTS = 8
+REQUEST_TIMEOUT_SECONDS = 5.0
+
+
 class _QuietHandler(WSGIRequestHandler):
     """Serves requests without logging each one to stderr."""
+
+    timeout = REQUEST_TIMEOUT_SECONDS
 
     def log_message(self, format: str, *args: Any) -> None:
         """Say nothing."""
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    """A WSGI server that answers each request in its own thread."""
+    """A WSGI server answering each request in its own thread, a few at a time."""
 
     daemon_threads = True
+
+    def server_activate(self) -> None:
+        """Start listening with a fresh set of request slots."""
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Refuse (close) a connection when every slot is busy."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Answer one request, then free its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -300,9 +327,16 @@ class MetricsServer:
         """Bind and serve in a background thread."""
         host, port = parse_endpoint(self.endpoint)
         kind = _Server6 if ":" in host else _Server
-        self._server = make_server(
-            host, port, self._app, server_class=kind, handler_class=_QuietHandler
-        )
+        try:
+            self._server = make_server(
+                host, port, self._app, server_class=kind, handler_class=_QuietHandler
+            )
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot serve metrics on {self.endpoint}: {error.strerror}; "
+                "pick a free port with --metrics HOST:PORT",
+            ) from error
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
         )

@@ -164,11 +164,17 @@ def build_flow(
     values.pop("paddingOctets#2", None)
 
     export_ms = context.export_time_ms
+    # Nothing may claim to lie further ahead of its arrival than the tolerance:
+    # a window placed in the future would wait there until shutdown. (The past
+    # is allowed: a replay's export packets arrive long after they were sent.)
+    arrival_limit = int(context.received * 1000) + rules.tolerance_ms
+    if export_ms > arrival_limit:
+        export_ms = min(int(context.received * 1000), _LATEST_MS)
     times = flow_times(values, context, options.system_init_ms if options else None)
     trusted = times is not None and (
         abs(times[0] - export_ms) <= rules.tolerance_ms
         and abs(times[1] - export_ms) <= rules.tolerance_ms
-        and _LATEST_MS >= times[1] >= times[0] >= 0
+        and min(_LATEST_MS, arrival_limit) >= times[1] >= times[0] >= 0
     )
     start_ms, end_ms = (
         times if times is not None and trusted else (export_ms, export_ms)

@@ -140,7 +140,7 @@ def load(path: Path, decoder: Decoder, options: OptionsStore) -> int:
             raise ValueError(f"{size} bytes is more than a state file can hold")
         state = StateFile.model_validate(orjson.loads(path.read_bytes()))
     except (OSError, ValueError, ValidationError) as error:
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
         os.replace(path, aside)
         log.warning(
             "state file set aside; templates will be learned from exporters again",

@@ -47,8 +47,13 @@ class Stats:
         return counts
 
     def error(self, exporter: str, reason: str, amount: int = 1) -> None:
-        """Count a decode error by its reason slug."""
+        """Count a decode error by its reason slug (exporters past the cap pooled)."""
         self.errors[reason] += amount
+        if exporter not in self.by_exporter and (
+            len(self.by_exporter) >= MAX_LABELLED_EXPORTERS
+        ):
+            # Spoofed sources must not become labels (or log lines) without end.
+            exporter = OTHER_EXPORTERS
         self.errors_by_exporter[(exporter, reason)] += amount
 
     def add(self, name: str, amount: int = 1, exporter: str | None = None) -> None:

@@ -26,6 +26,8 @@ HEADER_SIZE = 16
 MAX_CONNECTIONS = 1024
 # A connection that sends nothing for this long is closed.
 IDLE_SECONDS = 600.0
+# A message whose header arrived must be complete within this long.
+MESSAGE_SECONDS = 30.0
 
 
 class IpfixTcpServer:
@@ -129,8 +131,14 @@ class IpfixTcpServer:
                 self.stats.error(exporter, "tcp_framing")
                 return
             try:
-                rest = await reader.readexactly(length - HEADER_SIZE)
+                rest = await asyncio.wait_for(
+                    reader.readexactly(length - HEADER_SIZE), MESSAGE_SECONDS
+                )
             except asyncio.IncompleteReadError:
                 self.stats.error(exporter, "tcp_truncated")
+                return
+            except TimeoutError:
+                # A message that never completes would hold a connection slot.
+                self.stats.error(exporter, "tcp_stalled")
                 return
             self.deliver(Datagram(exporter, port, time.time(), header + rest))

@@ -8,6 +8,7 @@ counted, never raised.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class TemplateStore:
             state.last_seen = now
             self._exporters.move_to_end(key)
             return state
-        if len(self._exporters) >= self.limits.max_exporters and not self._evict_idle():
+        if len(self._exporters) >= self.limits.max_exporters and not self._evict(now):
             self.stats.error(address, "exporter_limit")
             return None
         state = ExporterState(address=address, last_seen=now)
@@ -127,19 +128,32 @@ class TemplateStore:
         log.info("new exporter", extra={"exporter": address})
         return state
 
-    def _evict_idle(self) -> bool:
-        """Make room by forgetting the least recent exporter that holds nothing.
+    def _evict(self, now: float) -> bool:
+        """Make room by forgetting one of the least recent exporters.
 
-        An exporter with templates or held data is never evicted to make room:
-        spoofed sources must not push real exporters out. Only the oldest few
-        are looked at, so a flood of new sources costs little.
+        One that holds nothing goes first; one whose templates have not been
+        used for held_max_age goes next (a real exporter sends every few
+        seconds; a spoofed source sent once). An exporter active within that
+        time is never pushed out. Only the oldest few are looked at, so a flood
+        of new sources costs little.
         """
-        for key, state in list(self._exporters.items())[:_EVICTION_SCAN]:
+        horizon = now - self.limits.held_max_age
+        victim = None
+        for key, state in itertools.islice(self._exporters.items(), _EVICTION_SCAN):
             if not state.templates and not state.held:
-                del self._exporters[key]
-                self.stats.add("exporters_evicted")
-                return True
-        return False
+                victim = key
+                break
+            if victim is None and state.last_seen < horizon:
+                victim = key
+        if victim is None:
+            return False
+        state = self._exporters.pop(victim)
+        for template in list(state.templates):
+            self._forget(state, template)
+        while state.held:
+            self._drop_oldest(state, "held_evicted", state.address)
+        self.stats.add("exporters_evicted")
+        return True
 
     def refresh(
         self,
@@ -173,6 +187,10 @@ class TemplateStore:
         ):
             self.stats.error(state.address, "template_fields_limit")
             return False
+        if old is None:
+            # A new template is bounded by the template and field caps; only
+            # redefinitions (which recompile again and again) are rate limited.
+            return True
         if state.change_tokens < 0:
             state.change_tokens = limits.template_change_burst
         else:

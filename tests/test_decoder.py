@@ -447,8 +447,9 @@ def test_template_churn_is_rate_limited_per_exporter() -> None:
         template = flowset(0, template_record(256, ((8, 4), (7, 1 + length % 2))))
         decoder.decode(v9_packet(template), EXPORTER, 9995, 1000.0)
     assert decoder.stats.counts["templates_learned"] == 1
-    assert decoder.stats.counts["templates_changed"] == 4
-    # Of the 24 later packets, half repeat the stored template (a refresh).
+    # Learning it was free; the burst of 5 pays for 5 redefinitions.
+    assert decoder.stats.counts["templates_changed"] == 5
+    # Of the 23 later packets, those repeating the stored template are refreshes.
     assert decoder.stats.errors["template_change_rate"] == 12
 
 
@@ -461,6 +462,31 @@ def test_template_fields_are_capped_in_total() -> None:
         decoder.decode(v9_packet(template), f"192.0.2.{last}", 9995, 0.0)
     assert decoder.stats.counts["templates_learned"] == 2
     assert decoder.stats.errors["template_fields_limit"] == 2
+
+
+def test_new_templates_are_not_charged_as_changes() -> None:
+    """Many distinct new templates from one exporter are learned, not rate limited."""
+    decoder = Decoder(Limits(template_change_burst=5, template_changes_per_second=1))
+    for template_id in range(256, 456):
+        template = flowset(0, template_record(template_id, ((8, 4),)))
+        decoder.decode(v9_packet(template), EXPORTER, 9995, 0.0)
+    assert decoder.stats.counts["templates_learned"] == 200
+    assert decoder.stats.errors["template_change_rate"] == 0
+
+
+def test_silent_exporter_with_templates_gives_way_at_the_cap() -> None:
+    """A source that sent one template long ago cannot lock a real exporter out."""
+    decoder = Decoder(Limits(max_exporters=20, held_max_age=600))
+    for last in range(1, 21):
+        decoder.decode(v9_packet(TEMPLATE_256), f"198.51.100.{last}", 9995, 0.0)
+    out = decoder.decode(v9_packet(TEMPLATE_256, DATA_256), "192.0.2.99", 9995, 700.0)
+    assert len(out.flows) == 1
+    assert decoder.stats.counts["exporters_evicted"] == 1
+    fresh = Decoder(Limits(max_exporters=20, held_max_age=600))
+    for last in range(1, 21):
+        fresh.decode(v9_packet(TEMPLATE_256), f"198.51.100.{last}", 9995, 650.0)
+    fresh.decode(v9_packet(TEMPLATE_256, DATA_256), "192.0.2.99", 9995, 700.0)
+    assert fresh.stats.errors["exporter_limit"] == 1
 
 
 def test_exporters_holding_nothing_make_room_for_new_ones() -> None:
@@ -513,3 +539,17 @@ def test_held_data_expires_by_age_and_is_counted() -> None:
     out = decoder.decode(v9_packet(TEMPLATE_256), EXPORTER, 9995, 100.0)
     assert out.flows == []
     assert decoder.stats.errors["held_expired"] == 1
+
+
+def test_error_labels_pool_exporters_past_the_label_cap() -> None:
+    """Spoofed sources past the label cap share one "other" label."""
+    from collector.stats import MAX_LABELLED_EXPORTERS, Stats
+
+    stats = Stats()
+    for number in range(MAX_LABELLED_EXPORTERS + 500):
+        stats.begin(f"10.{number // 65536}.{number // 256 % 256}.{number % 256}")
+        stats.error(f"10.{number // 65536}.{number // 256 % 256}.{number % 256}", "x")
+        stats.end()
+    exporters = {exporter for exporter, _ in stats.errors_by_exporter}
+    assert len(exporters) <= MAX_LABELLED_EXPORTERS + 1
+    assert stats.errors["x"] == MAX_LABELLED_EXPORTERS + 500

@@ -155,3 +155,31 @@ def test_counts_are_kept_per_exporter_and_share_one_label_past_the_cap(
     assert stats.by_exporter[OTHER_EXPORTERS] == {"export_packets": 2}
     assert stats.by_exporter[""] == {"exporters_expired": 1}
     assert len(stats.by_exporter) == 4
+
+
+def test_idle_metrics_clients_cannot_pile_up_threads() -> None:
+    """Fifty clients that never send a request hold at most a few threads."""
+    import threading
+    import time
+
+    pipeline = make_pipeline(Config(), Outputs([], ECS), Networks())
+    server = MetricsServer(
+        "127.0.0.1:0", registry_for(CollectorMetrics(pipeline)), Health()
+    )
+    server.start()
+    before = threading.active_count()
+    host, port = server.address().rsplit(":", 1)
+    idle = []
+    try:
+        for _ in range(50):
+            client = socket.create_connection((host, int(port)))
+            client.sendall(b"GET /metrics HTTP/1.1\r\n")
+            idle.append(client)
+        # Give the server time to accept them all before counting.
+        time.sleep(1.0)
+        grown = threading.active_count() - before
+    finally:
+        for client in idle:
+            client.close()
+        server.stop()
+    assert grown <= 8

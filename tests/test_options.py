@@ -82,7 +82,9 @@ def test_softflowd_ipfix_times_come_from_its_options_record() -> None:
     options = OptionsStore()
     flows = []
     for datagram in read_capture(EXPORTS / "softflowd-v10.pcap"):
-        out = decoder.decode(datagram.data, datagram.exporter, datagram.port, 0.0)
+        out = decoder.decode(
+            datagram.data, datagram.exporter, datagram.port, datagram.received
+        )
         for batch in out.options:
             options.learn(batch)
         for batch in out.flows:

@@ -153,7 +153,7 @@ def test_cisco_asa_nsel_record_reads_event_time_and_initiator_counters() -> None
         "netflow9_test_cisco_asa_1_tpl.dat",
         "netflow9_test_cisco_asa_1_data.dat",
     ):
-        out = decoder.decode((codecs / name).read_bytes(), "192.0.2.1", 2055, 0.0)
+        out = decoder.decode((codecs / name).read_bytes(), "192.0.2.1", 2055, 2e9)
         flows += [build_flow(b.layout, r, b.context) for b in out.flows for r in b.rows]
     created = next(f for f in flows if f.fields.get("firewallEvent") == 2)
     assert created.bytes == created.fields["initiatorOctets"] == 81
@@ -176,3 +176,22 @@ def test_far_future_time_is_untrusted_whatever_the_tolerance() -> None:
     row = (2**63 - 1, 2**63 - 1)
     flow = build_flow(layout, row, context(), None, TimeRules(tolerance_ms=10**18))
     assert flow.time_trusted is False
+
+
+def test_times_far_ahead_of_arrival_fall_back_to_arrival() -> None:
+    """A flow and export time in 2099 must not park its window in the future."""
+    layout = Layout.compile(256, (FieldSpec(152, 8), FieldSpec(153, 8)))
+    future_ms = 4_102_000_000_000
+    arrived = ExportContext(
+        exporter="192.0.2.1",
+        port=2055,
+        version=10,
+        domain=0,
+        export_time_ms=future_ms,
+        sys_uptime=None,
+        sequence=1,
+        received=EXPORT_MS / 1000,
+    )
+    flow = build_flow(layout, (future_ms, future_ms), arrived)
+    assert flow.time_trusted is False
+    assert flow.start == datetime.fromtimestamp(EXPORT_MS / 1000, UTC)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from collector import tcp
 from collector.capture import Datagram
 from collector.decoder import Decoder
 from collector.tcp import IpfixTcpServer
@@ -65,3 +68,25 @@ async def test_connection_closed_mid_message_is_counted() -> None:
     decoder, records = await serve([TEMPLATE + DATA[:20]])
     assert records == []
     assert decoder.stats.errors["tcp_truncated"] == 1
+
+
+async def test_message_that_never_completes_frees_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A header promising more bytes than ever come is timed out and counted."""
+    monkeypatch.setattr(tcp, "MESSAGE_SECONDS", 0.2)
+    decoder = Decoder()
+    server = IpfixTcpServer(["127.0.0.1:0"], lambda _: None, decoder.stats)
+    await server.start()
+    port = int(server.bound()[0].rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(TEMPLATE[:16])
+    await writer.drain()
+    for _ in range(100):
+        if decoder.stats.errors["tcp_stalled"]:
+            break
+        await asyncio.sleep(0.05)
+    assert decoder.stats.errors["tcp_stalled"] == 1
+    assert server.connections == 0
+    writer.close()
+    await server.stop()
