@@ -9,7 +9,6 @@ detectors live in ``cups_callback.py`` and ``cups_fanout.py``.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -17,7 +16,7 @@ from pydantic import Field
 
 from detectors.base import Attack, DetectionContext, Finding, Interest, Rule
 from detectors.registry import register
-from detectors.settings import Allowlist, DetectorSettings
+from detectors.settings import Configured, DetectorSettings
 from detectors.state import BoundedMap, DistinctInWindow
 from schemas.flow import FlowRecord
 
@@ -74,7 +73,7 @@ class InternalExternalSettings(DetectorSettings):
 
 
 @register("cups_browsed_internal_external")
-class InternalToExternal:
+class InternalToExternal(Configured[InternalExternalSettings]):
     """UDP to port 631 from an internal host to an external unicast address."""
 
     rule = Rule(
@@ -97,11 +96,7 @@ class InternalToExternal:
 
     def __init__(self, context: DetectionContext) -> None:
         """Keep the network classifier, settings and per-source state."""
-        self.settings = context.settings_for(self.rule.name, InternalExternalSettings)
-        self.rule = self.settings.apply(InternalToExternal.rule)
-        self.networks = context.networks
-        self.allowlist = Allowlist(self.settings)
-        self.counters: Counter[str] = Counter()
+        self.configure(context, InternalExternalSettings)
         self.reached = DistinctInWindow(
             self.settings.escalate_window_seconds,
             self.settings.late_seconds,
@@ -171,7 +166,7 @@ class ExternalInternalSettings(DetectorSettings):
 
 
 @register("cups_browsed_external_internal")
-class ExternalToInternal:
+class ExternalToInternal(Configured[ExternalInternalSettings]):
     """UDP to port 631 from an external host to an internal unicast address."""
 
     rule = Rule(
@@ -195,11 +190,7 @@ class ExternalToInternal:
 
     def __init__(self, context: DetectionContext) -> None:
         """Keep the network classifier, settings and per-source suppression."""
-        self.settings = context.settings_for(self.rule.name, ExternalInternalSettings)
-        self.rule = self.settings.apply(ExternalToInternal.rule)
-        self.networks = context.networks
-        self.allowlist = Allowlist(self.settings)
-        self.counters: Counter[str] = Counter()
+        self.configure(context, ExternalInternalSettings)
         # Source → start of its current burst; one entry costs about 200 bytes.
         self.bursts: BoundedMap[str, float] = BoundedMap(
             self.settings.max_tracked, self.counters, "sources"

@@ -10,7 +10,6 @@ probe is a weaker variant.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from detectors.cups import (
     started,
 )
 from detectors.registry import register
-from detectors.settings import Allowlist, DetectorSettings
+from detectors.settings import Configured, DetectorSettings
 from detectors.state import BoundedMap
 from schemas.flow import FlowRecord
 
@@ -121,7 +120,7 @@ class _Host:
 
 
 @register("cups_browsed_callback")
-class Callback:
+class Callback(Configured[CallbackSettings]):
     """TCP from a probed internal host to its prober (or to a new external host)."""
 
     rule = Rule(
@@ -144,11 +143,7 @@ class Callback:
 
     def __init__(self, context: DetectionContext) -> None:
         """Keep settings, the probed hosts, and the watch on their TCP flows."""
-        self.settings = context.settings_for(self.rule.name, CallbackSettings)
-        self.rule = self.settings.apply(Callback.rule)
-        self.networks = context.networks
-        self.allowlist = Allowlist(self.settings)
-        self.counters: Counter[str] = Counter()
+        self.configure(context, CallbackSettings)
         self.watch = SourceWatch(frozenset({TCP}), self.settings.window_seconds)
         self.interest = Interest(
             protocols=frozenset({UDP}),

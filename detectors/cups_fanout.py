@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -24,7 +23,7 @@ from detectors.cups import (
     started,
 )
 from detectors.registry import register
-from detectors.settings import Allowlist, DetectorSettings
+from detectors.settings import Configured, DetectorSettings
 from detectors.state import DistinctInWindow
 from schemas.flow import FlowRecord
 
@@ -51,7 +50,7 @@ class FanoutSettings(DetectorSettings):
 
 
 @register("cups_browsed_internal_fanout")
-class InternalFanout:
+class InternalFanout(Configured[FanoutSettings]):
     """One internal host sending UDP/631 to many internal hosts: scanning inside."""
 
     rule = Rule(
@@ -75,11 +74,7 @@ class InternalFanout:
 
     def __init__(self, context: DetectionContext) -> None:
         """Keep the network classifier, settings and per-source destinations."""
-        self.settings = context.settings_for(self.rule.name, FanoutSettings)
-        self.rule = self.settings.apply(InternalFanout.rule)
-        self.networks = context.networks
-        self.allowlist = Allowlist(self.settings)
-        self.counters: Counter[str] = Counter()
+        self.configure(context, FanoutSettings)
         self.reached = DistinctInWindow(
             self.settings.window_seconds,
             self.settings.late_seconds,

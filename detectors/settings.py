@@ -7,10 +7,13 @@ file gives them as ``[detection.detectors.NAME]``, and unknown keys are errors.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork
 
-from detectors.base import IPAddress, Rule
+from detectors.base import DetectionContext, IPAddress, Rule
+from detectors.networks import Networks
 from schemas.flow import FlowRecord
 
 
@@ -78,3 +81,26 @@ def _within(address: IPAddress | None, networks: tuple[IPvAnyNetwork, ...]) -> b
     if address is None or not networks:
         return False
     return any(address.version == net.version and address in net for net in networks)
+
+
+S = TypeVar("S", bound="DetectorSettings")
+
+
+class Configured(Generic[S]):
+    """What every built-in detector keeps: settings, rule, networks, allowlist."""
+
+    rule: Rule
+    settings: S
+    networks: Networks
+    allowlist: Allowlist
+    counters: Counter[str]
+
+    def configure(self, context: DetectionContext, model: type[S]) -> S:
+        """Validate this detector's settings and apply them to its rule."""
+        base = type(self).rule
+        self.settings = context.settings_for(base.name, model)
+        self.rule = self.settings.apply(base)
+        self.networks = context.networks
+        self.allowlist = Allowlist(self.settings)
+        self.counters = Counter()
+        return self.settings
