@@ -167,7 +167,13 @@ def build_flow(
     # Nothing may claim to lie further ahead of its arrival than the tolerance:
     # a window placed in the future would wait there until shutdown. (The past
     # is allowed: a replay's export packets arrive long after they were sent.)
-    arrival_limit = int(context.received * 1000) + rules.tolerance_ms
+    # An arrival time of 0 means none is known (bytes decoded outside a listener
+    # or capture), and then nothing is compared with it.
+    arrival_limit = (
+        int(context.received * 1000) + rules.tolerance_ms
+        if context.received > 0
+        else _LATEST_MS
+    )
     if export_ms > arrival_limit:
         export_ms = min(int(context.received * 1000), _LATEST_MS)
     times = flow_times(values, context, options.system_init_ms if options else None)

@@ -7,28 +7,20 @@ datagram by datagram, into one ``Decoder``: pcap and pcapng files through
 
 from __future__ import annotations
 
-import json
 import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from collector.capture import read_capture
 from collector.decoder import Decoded, Decoder
 from collector.records import build_flow
-from tests.conftest import CAPTURES, require_corpus
+from tests.conftest import require_corpus
+from tests.corpus import GROUPS, datagrams, manifest
 
 pytestmark = pytest.mark.corpus
-
-# Raw export-packet files carry no addresses; they all come from this exporter.
-RAW_EXPORTER = "192.0.2.1"
-RAW_PORT = 9995
-CAPTURE_SUFFIXES = (".pcap", ".pcapng")
 
 # RFC 7011 §3.3.2 / RFC 3954 §5.3: a flowset length is 16 bits and includes its
 # 4-byte header, so no flowset body is longer than this.
@@ -36,36 +28,6 @@ MAX_FLOWSET_BODY = 0xFFFF - 4
 
 # The counters the per-file table shows beside the errors.
 TABLE_COUNTS = ("export_packets", "flow_records", "options_records", "flowsets_held")
-
-
-@cache
-def manifest() -> dict[str, Any]:
-    """Return the capture manifest, parsed once."""
-    manifest: dict[str, Any] = json.loads((CAPTURES / "manifest.json").read_text())
-    return manifest
-
-
-def _group_names() -> list[str]:
-    """Return every replay group name, or a placeholder that skips without data."""
-    if not (CAPTURES / "manifest.json").is_file():
-        return ["no-corpus"]
-    return list(manifest()["replay_groups"])
-
-
-GROUPS = _group_names()
-
-
-def datagrams(path: Path) -> Iterator[tuple[str, int, float, bytes]]:
-    """Yield (exporter, port, received, data) for every export packet of a file.
-
-    pcap and pcapng files go through ``read_capture``; any other file is one raw
-    export packet from a fixed exporter.
-    """
-    if path.suffix in CAPTURE_SUFFIXES:
-        for datagram in read_capture(path):
-            yield datagram.exporter, datagram.port, datagram.received, datagram.data
-    else:
-        yield RAW_EXPORTER, RAW_PORT, 0.0, path.read_bytes()
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ from collector.decoder import Decoder
 from collector.ie import V9_SCOPE, Kind
 from collector.layout import Column, FieldSpec, Layout
 from tests.conftest import CAPTURES, EXPORTS, require_corpus
-from tests.test_corpus import datagrams, manifest
+from tests.corpus import datagrams, manifest
 
 pytestmark = pytest.mark.corpus
 
