@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import pytest
 from collector.capture import Datagram, read_capture
 from collector.decoder import Decoder
 from tests.conftest import CAPTURES, EXPORTS, require_corpus, require_tool
+from tests.corpus import manifest
 
 pytestmark = pytest.mark.corpus
 
@@ -559,19 +559,12 @@ def ours_canonical(values: dict[str, Any], version: int) -> Canonical:
 # --- The sources: replay groups and exporter fixtures, as datagrams ------------------
 
 
-@cache
-def _manifest() -> dict[str, Any]:
-    """Return the capture manifest, parsed once."""
-    manifest: dict[str, Any] = json.loads((CAPTURES / "manifest.json").read_text())
-    return manifest
-
-
 def _sources() -> list[str]:
     """Return every replay group and exporter fixture, or a placeholder that skips."""
     fixtures = [FIXTURE_PREFIX + path.name for path in sorted(EXPORTS.glob("*.pcap"))]
     if not (CAPTURES / "manifest.json").is_file():
         return ["no-corpus", *fixtures]
-    return [*_manifest()["replay_groups"], *fixtures]
+    return [*manifest()["replay_groups"], *fixtures]
 
 
 SOURCES = _sources()
@@ -582,7 +575,7 @@ def _files(source: str) -> list[Path]:
     if source.startswith(FIXTURE_PREFIX):
         return [EXPORTS / source.removeprefix(FIXTURE_PREFIX)]
     corpus = require_corpus()
-    return [corpus / name for name in _manifest()["replay_groups"][source]["files"]]
+    return [corpus / name for name in manifest()["replay_groups"][source]["files"]]
 
 
 def source_datagrams(source: str) -> list[Datagram]:
