@@ -11,7 +11,6 @@ event files start anew, and everything else waits for a restart.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import time
@@ -96,11 +95,7 @@ def allowlist_of(config: Config) -> Allowlist | None:
 
 def replace_networks(networks: Networks, internal: Iterable[IPNetwork]) -> None:
     """Change the internal networks in place, keeping every detector's state."""
-    # TODO: call a Networks method once detectors/ has one; until then this
-    # relies on Networks keeping its list in `internal` and its cache in
-    # `is_internal`.
-    networks.internal = tuple(ipaddress.ip_network(net) for net in internal)
-    networks.is_internal.cache_clear()
+    networks.replace(internal)
 
 
 class Service:

@@ -40,6 +40,11 @@ class Networks:
         self.internal = tuple(ipaddress.ip_network(net) for net in internal)
         self.is_internal = lru_cache(maxsize=_CACHE_SIZE)(self._is_internal)
 
+    def replace(self, internal: Iterable[IPNetwork | str]) -> None:
+        """Change the internal networks in place (SIGHUP); detectors keep state."""
+        self.internal = tuple(ipaddress.ip_network(net) for net in internal)
+        self.is_internal.cache_clear()
+
     def _is_internal(self, address: IPAddress) -> bool:
         """Return True when the address lies in an internal network."""
         address = _unmapped(address)
