@@ -61,8 +61,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--events",
         action="append",
         metavar="TARGET",
-        help="event output (repeatable): - for stdout, a file path, or "
-        "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT]",
+        help="event output (repeatable): - for stdout, a file path, "
+        "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT], "
+        "or nats://HOST:PORT/SUBJECT",
     )
     parser.add_argument(
         "--internal-networks",

@@ -41,6 +41,10 @@ _SCHEMES: dict[str, Transport] = {
 # and IANA's syslog-conn for plain TCP (RFC 6587 assigns none).
 SYSLOG_PORTS: dict[Transport, int] = {"udp": 514, "tcp": 601, "tls": 6514}
 
+# A NATS subject one can publish to: non-empty tokens joined by dots, with no
+# white space and no wildcard (``*``, ``>``).
+_SUBJECT = re.compile(r"^[^.\s*>]+(?:\.[^.\s*>]+)*$")
+
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -89,22 +93,24 @@ MetricsEndpoint = Annotated[
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one event output goes: standard output, a file or a syslog server."""
+    """Where one event output goes: standard output, a file, syslog or NATS."""
 
     text: str
-    kind: Literal["stdout", "file", "syslog"]
+    kind: Literal["stdout", "file", "syslog", "nats"]
     path: str = ""
     transport: Transport = "udp"
     host: str = ""
     port: int = 0
+    # NATS only: the subject events are published to.
+    subject: str = ""
 
 
 def parse_target(text: str) -> Target:
     """Parse an ``--events`` value, or raise ValueError saying what is accepted.
 
     ``-`` is standard output; ``syslog+udp://``, ``syslog+tcp://`` and
-    ``syslog+tls://HOST[:PORT]`` are syslog servers; ``file:///PATH`` or any
-    other text is a file path.
+    ``syslog+tls://HOST[:PORT]`` are syslog servers; ``nats://HOST:PORT/SUBJECT``
+    publishes to a NATS subject; ``file:///PATH`` or any other text is a file path.
     """
     text = text.strip()
     if text == "-":
@@ -119,11 +125,14 @@ def parse_target(text: str) -> Target:
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ValueError(f"{text!r}: write file:///absolute/path")
         return Target(text, "file", path=parts.path)
+    if parts.scheme == "nats":
+        return _nats_target(text)
     transport = _SCHEMES.get(parts.scheme)
     if transport is None:
         raise ValueError(
-            f"{text!r}: unknown output; use -, a file path, or "
-            "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT]"
+            f"{text!r}: unknown output; use -, a file path, "
+            "syslog+udp://, syslog+tcp:// or syslog+tls://HOST[:PORT], "
+            "or nats://HOST:PORT/SUBJECT"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{text!r}: a syslog target is only HOST[:PORT]")
@@ -137,6 +146,21 @@ def parse_target(text: str) -> Target:
         raise ValueError(f"{text!r}: the port must be from 1 to 65535")
     port = port or SYSLOG_PORTS[transport]
     return Target(text, "syslog", transport=transport, host=host, port=port)
+
+
+def _nats_target(text: str) -> Target:
+    """Parse ``nats://HOST:PORT/SUBJECT``: a subject to publish to, no wildcards."""
+    url, subject = parse_nats(text)
+    if not _SUBJECT.match(subject):
+        raise ValueError(
+            f"{text!r}: write nats://HOST:PORT/SUBJECT, the subject dot-separated "
+            "tokens without spaces or wildcards (for example flowtrap.events)"
+        )
+    parts = urlsplit(url)
+    # parse_nats has checked both.
+    return Target(
+        text, "nats", host=parts.hostname or "", port=parts.port or 0, subject=subject
+    )
 
 
 def _is_host(host: str) -> bool:
@@ -364,8 +388,8 @@ class Config(_Section):
     events: Annotated[list[OutputTarget], BeforeValidator(_one_or_many)] = Field(
         default=["-"],
         min_length=1,
-        description="Event outputs, each -, a file path, or syslog+udp://, "
-        "syslog+tcp:// or syslog+tls://HOST[:PORT].",
+        description="Event outputs, each -, a file path, syslog+udp://, "
+        "syslog+tcp:// or syslog+tls://HOST[:PORT], or nats://HOST:PORT/SUBJECT.",
     )
     event_format: str = Field(
         default="ecs",
@@ -432,7 +456,9 @@ class Config(_Section):
     def _distinct_outputs(self) -> Config:
         """The same output twice would write every event twice."""
         targets = [parse_target(text) for text in self.events]
-        seen = {(t.kind, t.path, t.transport, t.host, t.port) for t in targets}
+        seen = {
+            (t.kind, t.path, t.transport, t.host, t.port, t.subject) for t in targets
+        }
         if len(seen) != len(targets):
             raise ValueError("events: an output is listed twice")
         return self

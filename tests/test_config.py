@@ -188,6 +188,12 @@ def test_a_bad_configuration_stops_before_any_socket_or_file_opens(
         ("syslog+tcp://siem.example.org:1514", "syslog", "tcp siem.example.org:1514"),
         ("syslog+tls://127.0.0.1", "syslog", "tls 127.0.0.1:6514"),
         ("syslog+tls://[::1]:6514", "syslog", "tls ::1:6514"),
+        (
+            "nats://127.0.0.1:4222/flowtrap.events",
+            "nats",
+            "127.0.0.1:4222 flowtrap.events",
+        ),
+        ("nats://[::1]:4222/events", "nats", "::1:4222 events"),
     ],
 )
 def test_event_targets_parse(text: str, kind: str, where: str) -> None:
@@ -198,6 +204,8 @@ def test_event_targets_parse(text: str, kind: str, where: str) -> None:
         assert target.path == where
     elif kind == "syslog":
         assert f"{target.transport} {target.host}:{target.port}" == where
+    elif kind == "nats":
+        assert f"{target.host}:{target.port} {target.subject}" == where
 
 
 @pytest.mark.parametrize(
@@ -210,6 +218,11 @@ def test_event_targets_parse(text: str, kind: str, where: str) -> None:
         "syslog+tcp://127.0.0.1:70000",
         "syslog+tcp://127.0.0.1/path",
         "syslog+udp://bad_host!",
+        "nats://127.0.0.1:4222",
+        "nats://127.0.0.1/flowtrap.events",
+        "nats://127.0.0.1:4222/flowtrap.*",
+        "nats://127.0.0.1:4222/flowtrap..events",
+        "nats://127.0.0.1:4222/flowtrap.events?x=1",
         "file://remote/path",
         "logs/",
     ],

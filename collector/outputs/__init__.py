@@ -1,4 +1,4 @@
-"""Event outputs: standard output, rotating JSON-lines files and syslog.
+"""Event outputs: standard output, rotating JSON-lines files, syslog and NATS.
 
 The pipeline hands each finished event to ``Outputs``, which renders it once
 and queues it on every output; each output delivers from its own thread.
@@ -18,6 +18,7 @@ from collector.outputs.files import (
 )
 from collector.outputs.formats import FORMATS, EventFormat
 from collector.outputs.message import Message
+from collector.outputs.nats import NatsOutput
 from collector.outputs.syslog import SyslogOutput, SyslogSettings
 from schemas.config import Config, Target
 from schemas.event import Event
@@ -107,6 +108,8 @@ def _one(
         return StreamOutput(target.text, queue, cap)
     if target.kind == "syslog":
         return SyslogOutput(target, queue, syslog)
+    if target.kind == "nats":
+        return NatsOutput(target, queue, cap)
     path = Path(target.path)
     if is_stream(path):
         return StreamOutput(target.text, queue, cap, target.path)
