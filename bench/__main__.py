@@ -134,7 +134,7 @@ def run_workers(profiles: list[Profile], settings: Settings, out: Results) -> No
     pool = live.exporters(_live_profiles(profiles, 9), Mix())
     rates = live.ladder(2_500, settings.ladder_top, settings.ladder_factor)
     # Workers need the cores; the sender shares them, which the note says.
-    collectors: list[live.Collector] = [
+    collectors: list[Flowtrap] = [
         Flowtrap(None),
         Flowtrap(None, ("--workers", "2")),
     ]

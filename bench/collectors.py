@@ -103,15 +103,56 @@ def _stop(process: subprocess.Popen[bytes], signum: int, name: str) -> None:
         raise CollectorError(f"{name} did not exit on signal {signum}") from None
 
 
-class Flowtrap:
+class _Managed:
+    """One collector process the harness starts, stops and, on failure, kills."""
+
+    name = ""
+
+    def __init__(self, cpus: str | None) -> None:
+        """Remember the cores; nothing runs until start()."""
+        self.cpus = cpus
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """Return the process id (0 when not running)."""
+        return self.process.pid if self.process else 0
+
+    def kill(self) -> None:
+        """End the process now if it still runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def _launch(self, command: list[str], log_path: Path, port: int) -> int:
+        """Start a peer collector, its output in a log, and wait for its port."""
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                _pinned(command, self.cpus),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_listening(port, self.process, self.name)
+        return port
+
+    def _halt(self, signum: int) -> None:
+        """Send the signal that makes it write what it holds, and wait."""
+        if self.process is None:
+            raise CollectorError(f"{self.name} is not running")
+        _stop(self.process, signum, self.name)
+        self.process = None
+
+
+class Flowtrap(_Managed):
     """``flowtrap run`` from this tree, optionally with extra flags."""
 
     def __init__(self, cpus: str | None, extra: tuple[str, ...] = ()) -> None:
         """Remember how to start it; nothing runs until start()."""
+        super().__init__(cpus)
         self.name = "flowtrap" + ("".join(" " + flag for flag in extra))
-        self.cpus = cpus
         self.extra = extra
-        self.process: subprocess.Popen[bytes] | None = None
         self.log = Path()
         self.port = 0
 
@@ -143,17 +184,9 @@ class Flowtrap:
         tail = self.log.read_text(errors="replace")[-2000:]
         raise CollectorError(f"flowtrap run did not start:\n{tail}")
 
-    @property
-    def pid(self) -> int:
-        """Return the process id (0 when not running)."""
-        return self.process.pid if self.process else 0
-
     def stop(self) -> Stored:
         """SIGTERM, then read the counts from the final log line."""
-        if self.process is None:
-            raise CollectorError("flowtrap run is not running")
-        _stop(self.process, signal.SIGTERM, "flowtrap run")
-        self.process = None
+        self._halt(signal.SIGTERM)
         text = self.log.read_text(errors="replace")
         records = _STOPPED.search(text)
         datagrams = _DATAGRAMS.search(text)
@@ -167,23 +200,15 @@ class Flowtrap:
             dropped_events=int(dropped.group(1)) if dropped else None,
         )
 
-    def kill(self) -> None:
-        """End the process now if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
-
-class Nfcapd:
+class Nfcapd(_Managed):
     """nfdump's collector, writing its own binary files."""
 
     name = "nfcapd"
 
     def __init__(self, cpus: str | None) -> None:
         """Remember the cores; nothing runs until start()."""
-        self.cpus = cpus
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(cpus)
         self.folder = Path()
 
     def start(self, folder: Path) -> int:
@@ -193,27 +218,11 @@ class Nfcapd:
         port = free_port()
         command = ["nfcapd", "-w", str(self.folder), "-b", "127.0.0.1"]
         command += ["-p", str(port), "-t", "3600", "-B", str(RECEIVE_BUFFER)]
-        with (folder / "nfcapd.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                _pinned(command, self.cpus),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _wait_listening(port, self.process, "nfcapd")
-        return port
-
-    @property
-    def pid(self) -> int:
-        """Return the process id (0 when not running)."""
-        return self.process.pid if self.process else 0
+        return self._launch(command, folder / "nfcapd.log", port)
 
     def stop(self) -> Stored:
         """SIGTERM (nfcapd closes its file), then count with ``nfdump -I``."""
-        if self.process is None:
-            raise CollectorError("nfcapd is not running")
-        _stop(self.process, signal.SIGTERM, "nfcapd")
-        self.process = None
+        self._halt(signal.SIGTERM)
         result = subprocess.run(
             ["nfdump", "-R", str(self.folder), "-I"],
             capture_output=True,
@@ -228,13 +237,6 @@ class Nfcapd:
                 f"nfdump -I gave no flow count: {result.stderr[-500:]}"
             )
         return Stored(int(flows.group(1)), int(packets.group(1)) if packets else None)
-
-    def kill(self) -> None:
-        """End the process now if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
 
 _NFACCTD_CONFIG = """\
@@ -253,15 +255,14 @@ plugin_pipe_size: 102400000
 """
 
 
-class Nfacctd:
+class Nfacctd(_Managed):
     """pmacct's NetFlow/IPFIX collector with the print plugin writing CSV."""
 
     name = "nfacctd"
 
     def __init__(self, cpus: str | None) -> None:
         """Remember the cores; nothing runs until start()."""
-        self.cpus = cpus
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(cpus)
         self.csv = Path()
 
     def start(self, folder: Path) -> int:
@@ -272,27 +273,13 @@ class Nfacctd:
         config.write_text(
             _NFACCTD_CONFIG.format(port=port, buffer=RECEIVE_BUFFER, csv=self.csv)
         )
-        with (folder / "nfacctd.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                _pinned(["nfacctd", "-f", str(config)], self.cpus),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _wait_listening(port, self.process, "nfacctd")
-        return port
-
-    @property
-    def pid(self) -> int:
-        """Return the process id (0 when not running)."""
-        return self.process.pid if self.process else 0
+        return self._launch(
+            ["nfacctd", "-f", str(config)], folder / "nfacctd.log", port
+        )
 
     def stop(self) -> Stored:
         """SIGINT (the print plugin purges its cache to CSV), then sum packets."""
-        if self.process is None:
-            raise CollectorError("nfacctd is not running")
-        _stop(self.process, signal.SIGINT, "nfacctd")
-        self.process = None
+        self._halt(signal.SIGINT)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline and not _complete_csv(self.csv):
             time.sleep(0.1)
@@ -303,13 +290,6 @@ class Nfacctd:
         column = header.index("PACKETS")
         packets = sum(int(line.split(",")[column]) for line in lines[1:] if line)
         return Stored(records=None, packets=packets)
-
-    def kill(self) -> None:
-        """End the process now if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
 
 def _complete_csv(path: Path) -> bool:

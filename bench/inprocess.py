@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from collector.pipeline import Pipeline
+from collector.service import make_pipeline
+from detectors.networks import Networks
 from schemas.config import Config
 
 
@@ -37,20 +39,7 @@ def build_pipeline(sink: CountingSink | None = None) -> Pipeline:
     """Return the pipeline the CLI builds from the default configuration."""
     config = default_config()
     counting = sink or CountingSink()
-    try:
-        from collector.service import make_pipeline
-    except ImportError:
-        # Before collector/service.py existed the CLI built the pipeline.
-        from collector.cli import make_pipeline as make_legacy
-
-        legacy: Pipeline = make_legacy(config, counting)
-        return legacy
-    from detectors.networks import Networks
-
-    pipeline: Pipeline = make_pipeline(
-        config, counting, Networks(config.internal_networks)
-    )
-    return pipeline
+    return make_pipeline(config, counting, Networks(config.internal_networks))
 
 
 def enabled_detectors(pipeline: Pipeline) -> list[str]:
