@@ -70,13 +70,50 @@ V5_LAYOUT = Layout.compile(0, _V5_FIELDS)
 V5_RECORD_LENGTH = 48
 
 
-@dataclass(slots=True)
 class Batch:
-    """Rows of one flowset, the layout that reads them, and their export packet."""
+    """The records of one flowset, the layout that reads them, their export packet.
 
-    layout: Layout
-    rows: list[Row]
-    context: ExportContext
+    Records of a fixed-length layout stay as the flowset's bytes (``body``,
+    ``count`` records long) until someone asks for ``rows``: the pipeline tests
+    the few columns its detectors need on the bytes and unpacks only the
+    records that pass. Variable-length records are split as they are decoded.
+    """
+
+    __slots__ = ("_rows", "body", "context", "count", "layout")
+
+    def __init__(
+        self,
+        layout: Layout,
+        rows: list[Row] | None,
+        context: ExportContext,
+        body: bytes = b"",
+    ) -> None:
+        """Keep either decoded rows or the body of a fixed-length layout."""
+        self.layout = layout
+        self.context = context
+        self.body = body
+        self._rows = rows
+        if rows is not None:
+            self.count = len(rows)
+        else:
+            self.count = len(body) // layout.record_length
+
+    @property
+    def rows(self) -> list[Row]:
+        """Return every record as a row tuple, unpacking the body once."""
+        if self._rows is None:
+            codec = self.layout.codec
+            assert codec is not None, "a body is kept only for fixed layouts"
+            self._rows = list(codec.iter_unpack(self.body))
+        return self._rows
+
+    def row(self, index: int) -> Row:
+        """Return one record as a row tuple."""
+        if self._rows is not None:
+            return self._rows[index]
+        codec = self.layout.codec
+        assert codec is not None, "a body is kept only for fixed layouts"
+        return codec.unpack_from(self.body, index * self.layout.record_length)
 
 
 @dataclass(slots=True)
@@ -211,7 +248,7 @@ class Decoder:
             # The header count is not trusted (B23); keep the records that fit.
             self.stats.error(exporter, "v5_count_mismatch")
         end = start + min(int(count), fit) * V5_RECORD_LENGTH
-        rows, _ = V5_LAYOUT.rows(data[start:end])
+        records = (end - start) // V5_RECORD_LENGTH
 
         context = ExportContext(
             exporter=exporter,
@@ -225,11 +262,11 @@ class Decoder:
             # The top two bits are the sampling mode, the rest the interval.
             sampling_interval=sampling & 0x3FFF,
         )
-        if rows:
-            out.flows.append(Batch(V5_LAYOUT, rows, context))
-            self.stats.add("flow_records", len(rows))
+        if records:
+            out.flows.append(Batch(V5_LAYOUT, None, context, data[start:end]))
+            self.stats.add("flow_records", records)
         # v5 numbers flow records (Cisco's v5 format: flow_sequence).
-        self._sequence(context, len(rows))
+        self._sequence(context, records)
         return end
 
     def _decode_v9(self, packet: Datagram, out: Decoded) -> None:
@@ -547,23 +584,35 @@ class Decoder:
     def _decode_rows(
         self, layout: Layout, body: bytes, context: ExportContext, out: Decoded
     ) -> int:
-        """Split a data flowset into rows and file them as flows or options."""
-        rows, rest = layout.rows(body)
-        if layout.variable and any(body[len(body) - rest :]):
-            self.stats.error(context.exporter, "record_truncated")
-        if rows and not body[-1]:
+        """Split a data flowset into records and file them as flows or options."""
+        if layout.codec is None:
+            rows, rest = layout.rows(body)
+            if any(body[len(body) - rest :]):
+                self.stats.error(context.exporter, "record_truncated")
+            return self._file(Batch(layout, rows, context), out)
+        size = layout.record_length
+        count, rest = divmod(len(body), size)
+        if count and not body[-1]:
             # Padding longer than a record (NX-OS pads 24-36 bytes) would read as
             # all-zero records; records lying wholly in the zero tail are dropped.
             zero_tail = len(body) - len(body.rstrip(b"\x00")) - rest
-            if zero_tail >= layout.record_length and not layout.variable:
-                del rows[max(0, len(rows) - zero_tail // layout.record_length) :]
+            if zero_tail >= size:
+                count = max(0, count - zero_tail // size)
                 self.stats.add("padding_records_dropped")
-        if not rows:
+        if not count:
             return 0
-        if layout.options:
-            out.options.append(Batch(layout, rows, context))
-            self.stats.add("options_records", len(rows))
+        if count * size != len(body):
+            body = body[: count * size]
+        return self._file(Batch(layout, None, context, body), out)
+
+    def _file(self, batch: Batch, out: Decoded) -> int:
+        """File a batch as flows or options; return its record count."""
+        if not batch.count:
+            return 0
+        if batch.layout.options:
+            out.options.append(batch)
+            self.stats.add("options_records", batch.count)
         else:
-            out.flows.append(Batch(layout, rows, context))
-            self.stats.add("flow_records", len(rows))
-        return len(rows)
+            out.flows.append(batch)
+            self.stats.add("flow_records", batch.count)
+        return batch.count

@@ -81,6 +81,11 @@ class Layout:
     variable: bool = False
     codec: struct.Struct | None = None
     index: dict[str, int] = field(default_factory=dict)
+    # Byte offset of each column within a record (fixed-length layouts only).
+    offsets: tuple[int, ...] = ()
+    # Each column's name, and the columns whose raw value needs converting.
+    names: tuple[str, ...] = ()
+    converted: tuple[tuple[int, Column], ...] = ()
     # Scratch space for consumers (the pipeline's row filter), built once per
     # layout and dropped with it when the template changes.
     cache: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +102,7 @@ class Layout:
         """Compile a template; zero-length fields take no place in the row."""
         columns: list[Column] = []
         codes: list[str] = []
+        offsets: list[int] = []
         index: dict[str, int] = {}
         variable = False
         record_length = 0
@@ -114,6 +120,7 @@ class Layout:
                 continue
             code, direct = _struct_code(kind, spec.length)
             codes.append(code)
+            offsets.append(record_length)
             record_length += spec.length
             columns.append(Column(name, kind, spec.length, direct))
             index.setdefault(name, len(columns) - 1)
@@ -129,6 +136,13 @@ class Layout:
             variable=variable,
             codec=codec,
             index=index,
+            offsets=() if variable else tuple(offsets),
+            names=tuple(column.name for column in columns),
+            converted=tuple(
+                (position, column)
+                for position, column in enumerate(columns)
+                if not column.direct
+            ),
         )
 
     def rows(self, body: bytes) -> tuple[list[Row], int]:
@@ -186,10 +200,10 @@ class Layout:
 
     def values(self, row: Row) -> dict[str, Any]:
         """Return every field of a row by element name, as JSON-friendly values."""
-        return {
-            column.name: convert(column, value)
-            for column, value in zip(self.columns, row, strict=True)
-        }
+        values = dict(zip(self.names, row, strict=True))
+        for position, column in self.converted:
+            values[column.name] = convert(column, row[position])
+        return values
 
 
 @lru_cache(maxsize=65_536)

@@ -22,6 +22,12 @@ MAX_SAMPLERS = 256
 MAX_NAMES = 16_384
 
 _SAMPLER_IDS = ("samplerId", "selectorId")
+# The elements of a record that say how it was sampled.
+SAMPLING_ELEMENTS = (
+    "samplingInterval",
+    "samplerRandomInterval",
+    "samplingPacketInterval",
+)
 
 
 @dataclass(slots=True)

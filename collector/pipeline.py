@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 from collector import state as state_file
 from collector.capture import Datagram
 from collector.decoder import Batch, Decoder
-from collector.layout import Layout, Row, convert
+from collector.layout import Layout, Row
 from collector.options import OptionsStore
 from collector.records import TimeRules, build_flow
+from collector.sieve import Sieve
 from collector.sinks import Sink
 from detectors.base import Detector, Finding, SourceWatch, Ticking
 from detectors.events import to_event
@@ -34,29 +34,17 @@ CLOSE_EVERY = 1.0
 # How often held data and templates are checked for expiry.
 EXPIRE_EVERY = 10.0
 
-# Rows kept for detectors that watch source addresses to look back over, so a
-# flow that arrived before the flow that made its source interesting (a TCP
-# callback exported before its UDP probe) is still seen. A kept row costs about
-# 360 bytes, so 10,000 rows are about 3.6 MB; more costs throughput in cache
-# misses (measured: 10,000 rows about 10 %, 100,000 rows about 30 %). Past the
-# cap the oldest batches go, counted as lookback_rows_evicted.
-LOOKBACK_MAX_ROWS = 10_000
+# Records kept for detectors that watch source addresses to look back over, so
+# a flow that arrived before the flow that made its source interesting (a TCP
+# callback exported before its UDP probe) is still seen. Records are kept as
+# their flowset's bytes (30-100 bytes each) and searched only when a source
+# becomes watched. Past the cap the oldest batches go, counted as
+# lookback_rows_evicted.
+LOOKBACK_MAX_ROWS = 100_000
 
 # A failing detector logs its first error, then at most one line per this many
 # clock seconds with the count since.
 ERROR_LOG_EVERY = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Filter:
-    """The union of every detector's interest, resolved against one layout."""
-
-    protocol: int | None
-    dst_port: int | None
-    protocols: frozenset[int] | None
-    dst_ports: frozenset[int] | None
-    impossible: bool
-    sources: tuple[int, ...] = ()
 
 
 class Pipeline:
@@ -178,98 +166,40 @@ class Pipeline:
         for sink in self.sinks:
             sink.close()
 
-    def _filter(self, layout: Layout) -> _Filter:
+    def _sieve(self, layout: Layout) -> Sieve:
         """Resolve the detectors' interest against a layout, once per layout."""
-        cached = layout.cache.get("filter")
-        if isinstance(cached, _Filter):
+        cached = layout.cache.get("sieve")
+        if isinstance(cached, Sieve):
             return cached
-        protocol = layout.index.get("protocolIdentifier")
-        dst_port = layout.index.get("destinationTransportPort")
-        impossible = (self._protocols is not None and protocol is None) or (
-            self._dst_ports is not None and dst_port is None
-        )
-        sources = tuple(
-            layout.index[name]
-            for name in ("sourceIPv4Address", "sourceIPv6Address")
-            if name in layout.index
-        )
-        resolved = _Filter(
-            protocol, dst_port, self._protocols, self._dst_ports, impossible, sources
-        )
-        layout.cache["filter"] = resolved
-        return resolved
+        sieve = Sieve.build(layout, self._protocols, self._dst_ports)
+        layout.cache["sieve"] = sieve
+        return sieve
 
     def _candidates(self, batch: Batch) -> list[Row]:
         """Return the rows some detector may want, testing raw values only."""
         if not self.detectors:
             return []
-        flt = self._filter(batch.layout)
-        rows = [] if flt.impossible else self._matching(batch, flt)
-        if any(watch.members for watch in self._watches):
-            rows = self._add_watched(batch, flt, rows)
-        return rows
-
-    def _matching(self, batch: Batch, flt: _Filter) -> list[Row]:
-        """Return the rows whose protocol and destination port some detector wants."""
-        rows = batch.rows
-        columns = batch.layout.columns
-        if flt.protocols is not None and flt.protocol is not None:
-            index, wanted = flt.protocol, flt.protocols
-            if columns[index].direct:
-                rows = [row for row in rows if row[index] in wanted]
-            else:
-                rows = [r for r in rows if convert(columns[index], r[index]) in wanted]
-        if flt.dst_ports is not None and flt.dst_port is not None:
-            index, wanted = flt.dst_port, flt.dst_ports
-            if columns[index].direct:
-                rows = [row for row in rows if row[index] in wanted]
-            else:
-                rows = [r for r in rows if convert(columns[index], r[index]) in wanted]
-        return rows
-
-    def _add_watched(self, batch: Batch, flt: _Filter, rows: list[Row]) -> list[Row]:
-        """Add the rows from watched source addresses, tested on packed bytes."""
-        extra = self._watched_rows(batch, flt, self._watches, None)
-        if not extra:
-            return rows
-        taken = {id(row) for row in rows}
-        return rows + [row for row in extra if id(row) not in taken]
-
-    def _watched_rows(
-        self,
-        batch: Batch,
-        flt: _Filter,
-        watches: list[SourceWatch],
-        only: set[bytes] | None,
-    ) -> list[Row]:
-        """Return rows whose source is watched (or in ``only``), protocol matching."""
-        found: list[Row] = []
-        if flt.protocol is None:
-            return found
-        protocol = batch.layout.columns[flt.protocol]
-        for index in flt.sources:
-            for watch in watches:
-                members = watch.members if only is None else only
-                hits = [row for row in batch.rows if row[index] in members]
-                found += [
-                    row
-                    for row in hits
-                    if convert(protocol, row[flt.protocol]) in watch.protocols
-                ]
-        return found
+        sieve = self._sieve(batch.layout)
+        chosen = sieve.matching(batch)
+        for watch in self._watches:
+            if watch.members:
+                extra = sieve.watched(batch, watch.protocols, watch.members)
+                if extra:
+                    chosen = sorted(set(chosen).union(extra))
+        return [batch.row(i) for i in chosen]
 
     def _look_back(self, batch: Batch, received: float) -> None:
         """Keep a batch; give newly watched sources the kept rows they missed."""
         self._lookback.append((received, batch))
-        self._lookback_rows += len(batch.rows)
+        self._lookback_rows += batch.count
         horizon = received - self._lookback_seconds
         while self._lookback and (
             self._lookback_rows > LOOKBACK_MAX_ROWS or self._lookback[0][0] < horizon
         ):
             kept_at, old = self._lookback.popleft()
-            self._lookback_rows -= len(old.rows)
+            self._lookback_rows -= old.count
             if kept_at >= horizon:
-                self.stats.add("lookback_rows_evicted", len(old.rows))
+                self.stats.add("lookback_rows_evicted", old.count)
         self._replay_fresh()
 
     def _replay_fresh(self) -> None:
@@ -289,8 +219,9 @@ class Pipeline:
         for _, batch in self._lookback:
             context = batch.context
             options = self.options.get(context.exporter, context.domain)
-            flt = self._filter(batch.layout)
-            for row in self._watched_rows(batch, flt, [watch], fresh):
+            sieve = self._sieve(batch.layout)
+            for index in sieve.watched(batch, watch.protocols, fresh):
+                row = batch.row(index)
                 flow = build_flow(batch.layout, row, context, options, self.time_rules)
                 flows.append(flow)
         flows.sort(key=lambda flow: flow.start or flow.export_time)

@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import Field
 
 from detectors.base import Attack, DetectionContext, Finding, Interest, Rule
+from detectors.networks import text
 from detectors.registry import register
 from detectors.settings import Configured, DetectorSettings
 from detectors.state import BoundedMap, DistinctInWindow
@@ -120,17 +121,18 @@ class InternalToExternal(Configured[InternalExternalSettings]):
             self.counters["allowlisted"] += 1
             return ()
 
-        reached = self.reached.add(str(src), str(dst), started(flow))
+        source, target = text(src), text(dst)
+        reached = self.reached.add(source, target, started(flow))
         if reached >= self.settings.escalate_destinations:
             seconds = self.settings.escalate_window_seconds
             message = (
-                f"{src} sent UDP to cups-browsed port 631 on {reached} external "
+                f"{source} sent UDP to cups-browsed port 631 on {reached} external "
                 f"hosts within {seconds:g} s; check it for CVE-2024-47176 scanning"
             )
             return (
                 Finding(
                     self.rule,
-                    (str(src),),
+                    (source,),
                     flow,
                     message,
                     severity=self.settings.escalated_severity,
@@ -139,10 +141,10 @@ class InternalToExternal(Configured[InternalExternalSettings]):
                 ),
             )
         message = (
-            f"{src} sent UDP to cups-browsed port 631 on external host {dst}; "
+            f"{source} sent UDP to cups-browsed port 631 on external host {target}; "
             "check it for CVE-2024-47176 scanning"
         )
-        return (Finding(self.rule, (str(src), str(dst)), flow, message),)
+        return (Finding(self.rule, (source, target), flow, message),)
 
     def tick(self, now: datetime) -> None:
         """Forget sources quiet for the escalation window plus lateness."""
@@ -208,14 +210,15 @@ class ExternalToInternal(Configured[ExternalInternalSettings]):
         if self.allowlist.allows(flow):
             self.counters["allowlisted"] += 1
             return ()
-        if self._suppressed(str(src), started(flow)):
+        source = text(src)
+        if self._suppressed(source, started(flow)):
             self.counters["suppressed"] += 1
             return ()
         message = (
-            f"external host {src} sent UDP to cups-browsed port 631 on internal "
-            f"host {dst}, a CVE-2024-47176 probe"
+            f"external host {source} sent UDP to cups-browsed port 631 on internal "
+            f"host {text(dst)}, a CVE-2024-47176 probe"
         )
-        return (Finding(self.rule, (str(src),), flow, message, direction="inbound"),)
+        return (Finding(self.rule, (source,), flow, message, direction="inbound"),)
 
     def _suppressed(self, source: str, moment: float) -> bool:
         """Return True when a probe falls in its source's suppression period."""

@@ -22,6 +22,7 @@ from detectors.cups import (
     is_udp_631,
     started,
 )
+from detectors.networks import text
 from detectors.registry import register
 from detectors.settings import Configured, DetectorSettings
 from detectors.state import DistinctInWindow
@@ -98,18 +99,19 @@ class InternalFanout(Configured[FanoutSettings]):
             self.counters["allowlisted"] += 1
             return ()
 
-        reached = self.reached.add(str(src), str(dst), started(flow))
+        source = text(src)
+        reached = self.reached.add(source, text(dst), started(flow))
         if reached < self.settings.destinations:
             return ()
         seconds = self.settings.window_seconds
         message = (
-            f"{src} sent UDP to cups-browsed port 631 on {reached} internal hosts "
+            f"{source} sent UDP to cups-browsed port 631 on {reached} internal hosts "
             f"within {seconds:g} s, scanning for CVE-2024-47176 from inside"
         )
         return (
             Finding(
                 self.rule,
-                (str(src),),
+                (source,),
                 flow,
                 message,
                 direction="internal",

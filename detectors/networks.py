@@ -23,6 +23,12 @@ _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _CACHE_SIZE = 65_536
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
+def text(address: IPAddress) -> str:
+    """Return an address as text (cached: flows repeat addresses)."""
+    return str(address)
+
+
 def _unmapped(address: IPAddress) -> IPAddress:
     """Return the IPv4 address inside an IPv4-mapped IPv6 one (::ffff:a.b.c.d)."""
     if address.version == 6:
@@ -39,11 +45,19 @@ class Networks:
         """Parse the internal networks once."""
         self.internal = tuple(ipaddress.ip_network(net) for net in internal)
         self.is_internal = lru_cache(maxsize=_CACHE_SIZE)(self._is_internal)
+        self.is_external_unicast = lru_cache(maxsize=_CACHE_SIZE)(
+            self._is_external_unicast
+        )
+        self.is_internal_unicast = lru_cache(maxsize=_CACHE_SIZE)(
+            self._is_internal_unicast
+        )
 
     def replace(self, internal: Iterable[IPNetwork | str]) -> None:
         """Change the internal networks in place (SIGHUP); detectors keep state."""
         self.internal = tuple(ipaddress.ip_network(net) for net in internal)
         self.is_internal.cache_clear()
+        self.is_external_unicast.cache_clear()
+        self.is_internal_unicast.cache_clear()
 
     def _is_internal(self, address: IPAddress) -> bool:
         """Return True when the address lies in an internal network."""
@@ -52,7 +66,7 @@ class Networks:
             address.version == net.version and address in net for net in self.internal
         )
 
-    def is_external_unicast(self, address: IPAddress) -> bool:
+    def _is_external_unicast(self, address: IPAddress) -> bool:
         """Return True for an external address that names one host."""
         address = _unmapped(address)
         return not (
@@ -65,7 +79,7 @@ class Networks:
             or (address.version == 4 and address.is_reserved)
         )
 
-    def is_internal_unicast(self, address: IPAddress) -> bool:
+    def _is_internal_unicast(self, address: IPAddress) -> bool:
         """Return True for an internal address that could name one host."""
         return (
             self.is_internal(address)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from detectors.base import Finding, Rule
+from detectors.networks import text
 from schemas.flow import COUNTER_MAX, FlowRecord
 
 # The namespace of flowtrap's name-based event ids; fixed forever, so that ids
@@ -96,9 +97,9 @@ class Window:
         if self.last_seen is None or end > self.last_seen:
             self.last_seen = end
         self.time_trusted = self.time_trusted and flow.time_trusted
-        self.observers.add(str(flow.exporter))
+        self.observers.add(text(flow.exporter))
         if flow.dst_addr is not None and len(self.destinations) < MAX_DISTINCT:
-            self.destinations.add(str(flow.dst_addr))
+            self.destinations.add(text(flow.dst_addr))
         if len(self.sample) < sample_size:
             self.sample.append(flow)
 
