@@ -190,6 +190,8 @@ class Service:
                     f"cannot listen for IPFIX over TCP: {error}"
                 ) from None
             log.info("ipfix over tcp started", extra={"listen": self.tcp.bound()})
+        # Ready (and saying so) only once every listener takes traffic.
+        self._announce()
 
         while not stop.is_set():
             try:
@@ -227,6 +229,8 @@ class Service:
             self.outputs.close()
             raise ConfigError(str(error)) from None
 
+    def _announce(self) -> None:
+        """Mark the collector ready and log where it listens."""
         self.health.ready = True
         extra: dict[str, object] = {"listen": self.listener.addresses()}
         if self.metrics is not None:
