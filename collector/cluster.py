@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from collector.sinks import Sink
-from schemas.event import Event
+from schemas.event import Document
 from schemas.flow import FlowRecord
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Cluster:
         self._lock = threading.Lock()
         self._sequence = 0
         self._held: deque[tuple[str, bytes]] = deque()
-        self._claims: deque[tuple[Event, Callable[[Event], None]]] = deque()
+        self._claims: deque[tuple[Document, Callable[[Document], None]]] = deque()
         self._inbox: deque[FlowRecord] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._started_at = datetime.now(UTC)
@@ -139,7 +139,7 @@ class Cluster:
                 self.counters["observations_dropped"] += 1
         self._poke()
 
-    def claim(self, event: Event, write: Callable[[Event], None]) -> None:
+    def claim(self, event: Document, write: Callable[[Document], None]) -> None:
         """Queue an event; ``write`` runs (on the NATS thread) if this node wins it."""
         with self._lock:
             self._claims.append((event, write))
@@ -303,16 +303,16 @@ class Cluster:
         self.counters["observations_duplicate" if ack.duplicate else "published"] += 1
 
     async def _settle(
-        self, kv: KeyValue, event: Event, write: Callable[[Event], None]
+        self, kv: KeyValue, event: Document, write: Callable[[Document], None]
     ) -> None:
         """Create the event's id in the bucket; write the event if this node did."""
         mine = self.node.encode()
         try:
-            await kv.create(event.event.id, mine)
+            await kv.create(event["event"]["id"], mine)
             won = True
         except nats.js.errors.KeyWrongLastSequenceError:
             # A create that timed out may have succeeded: the value says whose.
-            entry = await kv.get(event.event.id)
+            entry = await kv.get(event["event"]["id"])
             won = entry.value == mine
         with self._lock:
             self._claims.popleft()
@@ -412,7 +412,7 @@ class ClaimingSink:
         self.inner = inner
         self.cluster = cluster
 
-    def write(self, event: Event) -> None:
+    def write(self, event: Document) -> None:
         """Queue the event's claim; never blocks."""
         self.cluster.claim(event, self.inner.write)
 

@@ -23,7 +23,7 @@ from collector.records import TimeRules, build_flow
 from collector.sieve import Sieve
 from collector.sinks import Sink
 from detectors.base import Detector, Finding, SourceWatch, Ticking
-from detectors.events import to_event
+from detectors.events import event_document
 from detectors.windows import Window, Windows
 from schemas.flow import FlowRecord
 
@@ -301,7 +301,7 @@ class Pipeline:
             return
         now = _utc(self._clock)
         for window in windows:
-            event = to_event(window, now, self.windows.settings.seconds)
+            event = event_document(window, now, self.windows.settings.seconds)
             self.events[window.rule.name] += 1
             for sink in self.sinks:
                 sink.write(event)

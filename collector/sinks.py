@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from schemas.event import Event
+from schemas.event import Document
 
 
 class Sink(Protocol):
     """Receives finished events; never sees flow records."""
 
-    def write(self, event: Event) -> None:
-        """Deliver one event; must not block decoding."""
+    def write(self, event: Document) -> None:
+        """Deliver one event document; must not block decoding."""
         ...
 
     def close(self) -> None:

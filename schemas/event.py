@@ -15,6 +15,10 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 
+# An event as outputs write it: the JSON form of ``Event`` (ECS names, JSON
+# values), which the pipeline builds directly.
+Document = dict[str, Any]
+
 Direction = Literal["inbound", "outbound", "internal", "external", "unknown"]
 
 

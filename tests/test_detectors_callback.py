@@ -18,7 +18,7 @@ from detectors.base import Finding, Interest, Rule, SourceWatch
 from detectors.cups_callback import MAX_CONNECTIONS_PER_HOST, Callback
 from detectors.registry import build
 from detectors.windows import Windows
-from schemas.event import Event
+from schemas.event import Document, Event
 from schemas.flow import FlowRecord
 from tests.packets import (
     FIVE_TUPLE_FIELDS,
@@ -232,9 +232,9 @@ class Keep:
         """Start empty."""
         self.events: list[Event] = []
 
-    def write(self, event: Event) -> None:
-        """Keep one event."""
-        self.events.append(event)
+    def write(self, event: Document) -> None:
+        """Keep one event, validated into the model."""
+        self.events.append(Event.model_validate(event))
 
     def close(self) -> None:
         """Nothing to release."""

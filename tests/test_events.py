@@ -230,3 +230,67 @@ def test_ocsf_pairs_techniques_with_their_tactics() -> None:
     attacks = to_ocsf(event)["finding_info"]["attacks"]
     pairs = [(a["tactic"]["uid"], a["technique"]["uid"]) for a in attacks]
     assert pairs == [("TA0043", "T1595.002"), ("TA0001", "T1190")]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "src", "dst", "sport", "dport"),
+    [
+        (17, "10.1.0.5", "203.0.113.9", 40001, 631),
+        (17, "203.0.113.9", "10.1.0.5", 631, 40001),
+        (6, "10.1.0.9", "198.51.100.66", 41500, 80),
+        (6, "10.1.0.9", "10.1.0.9", 80, 41500),
+        (47, "10.0.0.1", "10.0.0.2", None, None),
+        (17, "2001:db8::1", "2001:db8::2", 5353, 631),
+        (132, "2001:db8::2", "2001:db8::1", 2905, 2905),
+    ],
+)
+def test_community_id_agrees_with_the_library_s_own_calculation(
+    protocol: int, src: str, dst: str, sport: int | None, dport: int | None
+) -> None:
+    """The shortcut through the library gives what its calc() gives."""
+    flow = make_flow(src, dst, dport or 0, protocol).model_copy(
+        update={"src_port": sport, "dst_port": dport}
+    )
+    assert flow.src_addr is not None
+    assert flow.dst_addr is not None
+    expected = communityid.CommunityID().calc(
+        communityid.FlowTuple(
+            protocol,
+            str(flow.src_addr),
+            str(flow.dst_addr),
+            sport if protocol in communityid.PORT_PROTOS else None,
+            dport if protocol in communityid.PORT_PROTOS else None,
+        )
+    )
+    assert community_id(flow) == expected
+
+
+class KeepDocuments:
+    """A sink that keeps the documents the pipeline builds, as they are."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.documents: list[dict[str, Any]] = []
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Keep one document."""
+        self.documents.append(event)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_event_documents_are_what_the_event_model_writes() -> None:
+    """Every document equals, byte for byte, the model's own JSON form of it."""
+    sink = KeepDocuments()
+    pipeline = Pipeline(Decoder(), build(ALL, context()), Windows(), [sink])
+    pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS, export(template=True)))
+    for n, data in enumerate(session()):
+        pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS + n, data))
+    pipeline.flush()
+    assert {doc["rule"]["name"] for doc in sink.documents} == set(ALL)
+    for doc in sink.documents:
+        model = Event.model_validate(doc)
+        assert orjson.dumps(doc) == orjson.dumps(
+            model.model_dump(mode="json", by_alias=True)
+        )

@@ -10,6 +10,7 @@ from collector.layout import FieldSpec, Layout
 from collector.options import DomainOptions
 from collector.records import TimeRules, build_flow, flow_times
 from collector.templates import ExportContext
+from schemas.flow import FlowRecord
 
 EXPORT_MS = 1_768_471_200_000  # 2026-01-15T10:00:00Z
 
@@ -195,3 +196,26 @@ def test_times_far_ahead_of_arrival_fall_back_to_arrival() -> None:
     flow = build_flow(layout, (future_ms, future_ms), arrived)
     assert flow.time_trusted is False
     assert flow.start == datetime.fromtimestamp(EXPORT_MS / 1000, UTC)
+
+
+def test_built_records_are_what_model_construct_makes() -> None:
+    """The direct constructor leaves a record pydantic's own would leave."""
+    layout = Layout.compile(
+        256, (FieldSpec(8, 4), FieldSpec(12, 4), FieldSpec(4, 1), FieldSpec(11, 2))
+    )
+    flow = build_flow(
+        layout, (b"\x0a\x00\x00\x01", b"\xcb\x00\x71\x05", 17, 631), context()
+    )
+    twin = FlowRecord.model_construct(**flow.__dict__)
+    assert flow == twin
+    assert flow.model_fields_set == twin.model_fields_set
+    assert flow.model_dump(mode="json") == twin.model_dump(mode="json")
+    assert (
+        FlowRecord.model_validate(
+            flow.model_dump(exclude={"packets_scaled", "bytes_scaled"})
+        )
+        == flow
+    )
+    # Nothing in the model that model_construct handles is left out here.
+    assert not any(f.alias for f in FlowRecord.model_fields.values())
+    assert not FlowRecord.__pydantic_post_init__

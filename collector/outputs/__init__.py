@@ -21,7 +21,7 @@ from collector.outputs.message import Message
 from collector.outputs.nats import NatsOutput
 from collector.outputs.syslog import SyslogOutput, SyslogSettings
 from schemas.config import Config, Target
-from schemas.event import Event
+from schemas.event import Document
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Outputs:
             started.append(output)
         self._started = True
 
-    def write(self, event: Event) -> None:
+    def write(self, event: Document) -> None:
         """Render the event once and queue it on every output; never blocks."""
         message = Message.of(event, self.format)
         for output in self.outputs:

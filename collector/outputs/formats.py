@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from schemas.event import Event
-
-Document = dict[str, Any]
+from schemas.event import Document, Event
 
 # The tag an event carries when its flow sample was cut to fit a line.
 TRIMMED_TAG = "sample_trimmed"
@@ -23,16 +20,16 @@ class EventFormat:
     """One way of writing events."""
 
     name: str
-    render: Callable[[Event], Document]
+    render: Callable[[Document], Document]
     # Keys leading to the list of sample flow records inside the document.
     sample: tuple[str, ...]
     # Marks a document whose sample lost ``removed`` flow records.
     mark_trimmed: Callable[[Document, int], None]
 
 
-def ecs_document(event: Event) -> Document:
-    """Render the ECS event (schema v1), ``@timestamp`` first."""
-    return event.model_dump(mode="json", by_alias=True)
+def ecs_document(event: Document) -> Document:
+    """Render the ECS event (schema v1): the pipeline builds it in this form."""
+    return event
 
 
 def _tag_trimmed(document: Document, removed: int) -> None:
@@ -43,12 +40,12 @@ def _tag_trimmed(document: Document, removed: int) -> None:
     document["tags"] = tags
 
 
-def ocsf_document(event: Event) -> Document:
+def ocsf_document(event: Document) -> Document:
     """Render the OCSF 1.5 Detection Finding (class 2004)."""
     # Imported on first use: only collectors that write OCSF load its models.
     from schemas.ocsf import to_ocsf
 
-    return to_ocsf(event)
+    return to_ocsf(Event.model_validate(event))
 
 
 def _note_trimmed(document: Document, removed: int) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from collector.outputs.formats import Document, EventFormat
-from schemas.event import Event
+from collector.outputs.formats import EventFormat
+from schemas.event import Document
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,13 +23,13 @@ class Message:
     format: EventFormat
 
     @classmethod
-    def of(cls, event: Event, event_format: EventFormat) -> Message:
+    def of(cls, event: Document, event_format: EventFormat) -> Message:
         """Render an event in the chosen format."""
         return cls(
             document=event_format.render(event),
-            created=event.timestamp,
-            severity=event.event.severity,
-            detector=event.rule.name,
+            created=datetime.fromisoformat(event["@timestamp"]),
+            severity=event["event"]["severity"],
+            detector=event["rule"]["name"],
             format=event_format,
         )
 
