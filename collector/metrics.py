@@ -165,6 +165,11 @@ class CollectorMetrics(Collector):
             for name in sorted(set(names) | set(snapshot)):
                 family.add_metric([name], snapshot[name])
             yield family
+        yield GaugeMetricFamily(
+            "flowtrap_events_pending",
+            "Closed windows waiting to be written as events (a burst in progress).",
+            value=len(pipeline.pending),
+        )
 
     def _outputs(self) -> Iterator[Metric]:
         """Queue depth and delivery counts, by output."""

@@ -42,6 +42,10 @@ EXPIRE_EVERY = 10.0
 # lookback_rows_evicted.
 LOOKBACK_MAX_ROWS = 100_000
 
+# Closed windows waiting to be written as events, past which they are written
+# at once whatever the cost to decoding (bounds memory in a flood of findings).
+MAX_PENDING_EVENTS = 100_000
+
 # A failing detector logs its first error, then at most one line per this many
 # clock seconds with the count since.
 ERROR_LOG_EVERY = 60.0
@@ -85,6 +89,11 @@ class Pipeline:
         self._state: tuple[Path, float] | None = None
         self._last_save = 0.0
         self._clock = 0.0
+        # Closed windows not yet written. With a ``wake`` hook (the live
+        # collector) they are written in slices between reads of the sockets,
+        # so a burst of events never stalls decoding; without one, at once.
+        self.pending: deque[tuple[Window, datetime]] = deque()
+        self.wake: Callable[[], None] | None = None
         # Called with every flow record some detector wanted (a cluster
         # publishes them to the other nodes); None on a single collector.
         self.observer: Callable[[FlowRecord], None] | None = None
@@ -163,6 +172,7 @@ class Pipeline:
     def flush(self) -> None:
         """Close every window and emit its event (shutdown, end of replay)."""
         self._emit(self.windows.flush())
+        self.write_pending()
         for sink in self.sinks:
             sink.close()
 
@@ -296,15 +306,32 @@ class Pipeline:
         self._emit(self.windows.add(finding))
 
     def _emit(self, windows: list[Window]) -> None:
-        """Turn closed windows into events and hand them to every sink."""
+        """Queue closed windows as events; write them now when nothing waits."""
         if not windows:
             return
         now = _utc(self._clock)
-        for window in windows:
-            event = event_document(window, now, self.windows.settings.seconds)
+        was_empty = not self.pending
+        self.pending.extend((window, now) for window in windows)
+        if self.wake is None:
+            self.write_pending()
+            return
+        if len(self.pending) > MAX_PENDING_EVENTS:
+            self.write_pending(len(self.pending) - MAX_PENDING_EVENTS)
+        if was_empty:
+            self.wake()
+
+    def write_pending(self, limit: int | None = None) -> int:
+        """Write up to ``limit`` waiting events (default all); return how many wait."""
+        pending = self.pending
+        count = len(pending) if limit is None else min(limit, len(pending))
+        seconds = self.windows.settings.seconds
+        for _ in range(count):
+            window, now = pending.popleft()
+            event = event_document(window, now, seconds)
             self.events[window.rule.name] += 1
             for sink in self.sinks:
                 sink.write(event)
+        return len(pending)
 
 
 def _utc(epoch: float) -> datetime:

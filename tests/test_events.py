@@ -294,3 +294,30 @@ def test_event_documents_are_what_the_event_model_writes() -> None:
         assert orjson.dumps(doc) == orjson.dumps(
             model.model_dump(mode="json", by_alias=True)
         )
+
+
+def test_a_live_pipeline_writes_events_in_slices_and_all_at_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a wake hook, closed windows wait; slices and flush write every one."""
+    import collector.pipeline
+
+    monkeypatch.setattr(collector.pipeline, "MAX_PENDING_EVENTS", 5)
+    sink = KeepDocuments()
+    woken: list[int] = []
+    pipeline = Pipeline(Decoder(), build(ALL, context()), Windows(), [sink])
+    pipeline.wake = lambda: woken.append(len(pipeline.pending))
+    pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS, export(template=True)))
+    for n, data in enumerate(session()):
+        pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS + n, data))
+    # Far past every window's end: all close, more than the cap lets wait.
+    pipeline.advance(EXPORT_SECS + 3600)
+    closed = len(sink.documents) + len(pipeline.pending)
+    assert closed > 6
+    assert woken == [5]
+    assert len(pipeline.pending) == 5
+    assert pipeline.write_pending(2) == 3
+    pipeline.flush()
+    assert not pipeline.pending
+    assert len(sink.documents) == closed
+    assert len({doc["event"]["id"] for doc in sink.documents}) == closed

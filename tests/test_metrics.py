@@ -52,6 +52,7 @@ def test_metrics_count_each_exporter_and_output_after_recorded_traffic(
         )
     assert sample(samples, "flowtrap_findings_total", detector=CUPS) >= 4
     assert sample(samples, "flowtrap_events_total", detector=CUPS) == 4
+    assert sample(samples, "flowtrap_events_pending") == 0
     assert sample(samples, "flowtrap_output_dropped_total", output=str(events)) == 0
     assert sample(samples, "flowtrap_output_queue_depth", output=str(events)) == 0
     assert sample(samples, "flowtrap_datagrams_received_total") > 0
