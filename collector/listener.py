@@ -26,6 +26,8 @@ from schemas.config import parse_endpoint
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 65_535
+# Linux's SO_RCVBUFFORCE (asm-generic/socket.h); Python's socket module lacks it.
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # Datagrams read per wakeup before yielding to the loop (signals, timers).
 DRAIN_BATCH = 512
 # Denied source addresses remembered for the log; the rest are only counted.
@@ -50,7 +52,7 @@ def open_socket(endpoint: str, receive_buffer: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        _size_buffer(sock, endpoint, receive_buffer)
         if family == socket.AF_INET6:
             # Accept IPv4-mapped exporters only on an explicit IPv4 listener.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -63,6 +65,28 @@ def open_socket(endpoint: str, receive_buffer: int) -> socket.socket:
         ) from error
     sock.setblocking(False)
     return sock
+
+
+def _size_buffer(sock: socket.socket, endpoint: str, wanted: int) -> None:
+    """Ask for a receive buffer; past net.core.rmem_max, force it if allowed.
+
+    The buffer is what rides out a burst (a flood of findings, a slow disk):
+    the kernel caps SO_RCVBUF at net.core.rmem_max (often 208 kB to 4 MB),
+    while a process with CAP_NET_ADMIN may set any size with SO_RCVBUFFORCE.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    # The kernel reports twice what was asked, for its own bookkeeping.
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * wanted:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+    except PermissionError:
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        log.warning(
+            "receive buffer smaller than asked; raise net.core.rmem_max "
+            "(sysctl -w net.core.rmem_max=N) or grant CAP_NET_ADMIN",
+            extra={"endpoint": endpoint, "asked": wanted, "granted": granted},
+        )
 
 
 class Listener:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
 from collector import stats as stats_module
-from collector.listener import Listener
+from collector.listener import Listener, open_socket
 from collector.metrics import CollectorMetrics, Health, MetricsServer, registry_for
 from collector.outputs import Outputs
 from collector.outputs.formats import ECS
@@ -18,7 +21,7 @@ from collector.service import make_pipeline
 from collector.stats import OTHER_EXPORTERS, Stats
 from detectors.networks import Networks
 from schemas.config import Config
-from tests.conftest import EXPORTS, FIXTURES, require_tool
+from tests.conftest import EXPORTS, FIXTURES, ROOT, require_tool
 from tests.exporters import run_exporter
 from tests.ops import http_get, metrics_address, sample, scrape_until
 from tools.runner import CollectorProcess, send_capture
@@ -184,3 +187,46 @@ def test_idle_metrics_clients_cannot_pile_up_threads() -> None:
             client.close()
         server.stop()
     assert grown <= 8
+
+
+def test_receive_buffer_beyond_rmem_max_is_forced_as_root() -> None:
+    """With CAP_NET_ADMIN the buffer asked for is granted past net.core.rmem_max."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_NET_ADMIN)")
+    wanted = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())
+    sock = open_socket("127.0.0.1:0", wanted)
+    try:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * wanted
+    finally:
+        sock.close()
+
+
+def test_a_capped_receive_buffer_is_reported_with_the_fix() -> None:
+    """Without CAP_NET_ADMIN a capped buffer logs how to raise the cap."""
+    require_tool("setpriv")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user")
+    wanted = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())
+    code = (
+        "import logging; logging.basicConfig(); "
+        "from collector.listener import open_socket; "
+        f"open_socket('127.0.0.1:0', {wanted}).close()"
+    )
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "raise net.core.rmem_max" in result.stderr
