@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from collector.capture import read_capture
 from collector.proxy import parse
 from tests.conftest import EXPORTS
+from tests.nats import NatsServer
 from tests.nginx import NginxBalancer
 from tests.ops import (
     Samples,
@@ -45,6 +47,15 @@ CAPTURES = (
 )
 EXPORTERS = {f"127.0.0.{i + 2}": name for i, name in enumerate(CAPTURES)}
 EGRESS = "cups_browsed_internal_external"
+CALLBACK = "cups_browsed_callback"
+ALL = ",".join(
+    (
+        EGRESS,
+        "cups_browsed_external_internal",
+        CALLBACK,
+        "cups_browsed_internal_fanout",
+    )
+)
 # nginx hashes 8 exporters onto 2 instances; all on one happens 1 time in 128,
 # and then the balancer is rebuilt on new ports rather than the test passing
 # without having split anything.
@@ -142,13 +153,23 @@ def test_nginx_sends_a_v1_header_naming_the_exporter_over_udp(tmp_path: Path) ->
     assert data[header.length :] == b"\x00\x0a export packet"
 
 
+def _exchanged(addresses: list[str]) -> bool:
+    """Return True once each node received every observation the other published."""
+    found = [scrape(a) for a in addresses]
+    published = [sample(s, "flowtrap_cluster_total", what="published") for s in found]
+    received = [sample(s, "flowtrap_cluster_total", what="received") for s in found]
+    return received == published[::-1]
+
+
 def _balanced(
-    prefix: Path, payloads: dict[str, list[bytes]], detectors: str
+    prefix: Path, payloads: dict[str, list[bytes]], detectors: str, cluster: str
 ) -> tuple[list[Samples], list[list[dict[str, Any]]], str]:
     """Run nginx before two instances; return their scrapes, events and logs."""
     total = sum(len(p) for p in payloads.values())
     extra = ["--detectors", detectors, "--metrics", "127.0.0.1:0"]
     extra += ["--proxy-protocol-from", "127.0.0.1/32"]
+    if cluster:
+        extra += ["--cluster", cluster]
     first = CollectorProcess(prefix / "a.jsonl", extra)
     second = CollectorProcess(prefix / "b.jsonl", extra)
     with first, second:
@@ -162,6 +183,11 @@ def _balanced(
                 return sum(sum(f.values()) for f in found) >= total
 
             wait_for(decoded, what="every export packet decoded behind nginx")
+            if cluster:
+                wait_for(
+                    lambda: _exchanged(addresses),
+                    what="each node received the other's observations",
+                )
             samples = [scrape(a) for a in addresses]
         events = [c.stop() for c in instances]
         logs = first.stderr + second.stderr
@@ -169,21 +195,34 @@ def _balanced(
 
 
 @pytest.mark.parametrize(
-    "detectors",
+    ("detectors", "cluster"),
     [
-        pytest.param(EGRESS, id="egress"),
+        pytest.param(EGRESS, False, id="egress"),
+        pytest.param(ALL, True, id="all-detectors-as-a-nats-cluster"),
     ],
 )
 def test_two_instances_behind_nginx_find_what_one_direct_instance_finds(
-    tmp_path: Path, detectors: str
+    tmp_path: Path, detectors: str, cluster: bool
 ) -> None:
-    """Each exporter lands on one instance, named by its real address."""
+    """Each exporter lands on one instance, named by its real address.
+
+    Alone, each instance correlates only what lands on it, so only a detector
+    that looks at one flow at a time (egress) can add up; joined as a cluster
+    through NATS, the pair finds what one instance finds with every detector,
+    the probe-then-callback and fan-out correlations included.
+    """
     payloads = _payloads()
     direct = _direct(tmp_path, payloads, detectors)
+    if cluster:
+        assert {e["rule"]["name"] for e in direct} >= {EGRESS, CALLBACK}
 
     for attempt in range(ATTEMPTS):
         prefix = tmp_path / f"try{attempt}"
-        samples, events, logs = _balanced(prefix, payloads, detectors)
+        with ExitStack() as stack:
+            url = ""
+            if cluster:
+                url = stack.enter_context(NatsServer(prefix / "nats")).url
+            samples, events, logs = _balanced(prefix, payloads, detectors, url)
         landed = [_exporter_packets(s) for s in samples]
         if all(landed):
             break
@@ -202,12 +241,24 @@ def test_two_instances_behind_nginx_find_what_one_direct_instance_finds(
             assert sample(scraped, "flowtrap_proxy_errors_total", reason=reason) == 0
     assert "bad or unexpected proxy header" not in logs
 
-    # observer.ip names the real exporters, each in the instance it landed on.
+    # observer.ip names the real exporters: alone, each in the instance it
+    # landed on; in a cluster, a node also reports flows the other decoded.
     for mine, written in zip(landed, events, strict=True):
-        assert {ip for e in written for ip in e["observer"]["ip"]} <= set(mine)
+        observers = {ip for e in written for ip in e["observer"]["ip"]}
+        assert observers <= (set(EXPORTERS) if cluster else set(mine))
 
     # Between them, the two find what one instance fed directly finds. Several
     # exporters send the same flows, so the direct instance's events each name
     # several observers: the folding has to add the split ones back up.
     assert len({ip for e in direct for ip in e["observer"]["ip"]}) > 1
-    assert _merged(events[0] + events[1]) == _merged(direct)
+    merged, expected = _merged(events[0] + events[1]), _merged(direct)
+    ids = [e["event"]["id"] for e in events[0] + events[1]]
+    assert len(ids) == len(set(ids)), "an event written by both instances"
+    if cluster:
+        # Three exporters send the same callback flow and the callback detector
+        # counts a repeat once: which exporter's copy comes first is arrival
+        # order, which two nodes do not share. What was found must agree; who
+        # reported it first may not.
+        for found in (*merged.values(), *expected.values()):
+            del found["observers"]
+    assert merged == expected
