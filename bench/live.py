@@ -138,10 +138,11 @@ def step(collector: Collector, plan: Plan, rate: float, uses_packets: bool) -> S
         folder = Path(name)
         try:
             port = collector.start(folder)
-            plan.port, plan.rate = port, rate
+            ports = getattr(collector, "ports", None) or [port]
+            plan.port, plan.ports, plan.rate = port, ports, rate
             before = host_udp_errors()
             sent = run_sender(plan, folder)
-            _, drops = wait_drained(port)
+            drops = sum(wait_drained(each)[1] for each in ports)
             host = host_udp_errors() - before
             stored = collector.stop()
         except (CollectorError, subprocess.SubprocessError, OSError) as error:

@@ -129,6 +129,36 @@ def _workers(workers: Sweep | str | None) -> list[str]:
     return lines
 
 
+def _cluster(cluster: Sweep | str | None) -> list[str]:
+    """Return the cluster section: one node against two."""
+    lines = ["### Cluster: one `--cluster` node against two (v9, NATS JetStream)", ""]
+    if cluster is None:
+        return [*lines, "Not run."]
+    if isinstance(cluster, str):
+        return [*lines, cluster[:1].upper() + cluster[1:] + "."]
+    lines += [
+        "| nodes | highest rate held (datagrams/s) | records/s | against one node |",
+        "|---|---|---|---|",
+    ]
+    rates = list(cluster.held.values())
+    one = rates[0] if rates else 0.0
+    for name, rate in cluster.held.items():
+        note = cluster.note.get(name, "")
+        lines.append(
+            f"| {name} | {_n(rate)} | {_n(rate * cluster.records_per_datagram)} "
+            f"| {_ratio(rate, one)}{' (' + note + ')' if note else ''} |"
+        )
+    lines += [
+        "",
+        "Each exporter sends to one node, as a load balancer hashing exporters "
+        "would; the nodes share what their detectors wanted through a local "
+        "nats-server. One node runs on the collectors' core; the second node "
+        "runs on the sender's core, so on a two-core machine it competes with "
+        "the sender.",
+    ]
+    return lines
+
+
 def _memory(result: MemoryResult | str | None) -> list[str]:
     """Return the memory section."""
     lines = ["### Memory (`flowtrap run`, RSS from /proc)", ""]
@@ -220,6 +250,7 @@ def render(results: Results, steps: bool = True) -> str:
     if results.sweeps:
         lines += [*_live(results.sweeps, steps), ""]
     lines += [*_workers(results.workers), ""]
+    lines += [*_cluster(results.cluster), ""]
     lines += [*_memory(results.memory), ""]
     lines += [*_burst(results.burst), ""]
     lines += [*_profile(results.profile, results.pyinstrument), ""]

@@ -53,6 +53,8 @@ class Plan:
     cpu: int | None = None
     # Data packets to send; 0 means rate x seconds.
     count: int = 0
+    # Several collectors (a cluster's nodes): exporter i sends to ports[i % n].
+    ports: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -84,17 +86,18 @@ def _sockets(exporters: list[Exporter]) -> list[socket.socket]:
 
 def send(plan: Plan) -> Sent:
     """Send the templates, then data packets paced at the plan's rate."""
-    target = ("127.0.0.1", plan.port)
+    ports = plan.ports or [plan.port]
+    targets = [("127.0.0.1", ports[i % len(ports)]) for i in range(len(plan.exporters))]
     sockets = _sockets(plan.exporters)
-    for sock, exporter in zip(sockets, plan.exporters, strict=True):
+    for sock, exporter, target in zip(sockets, plan.exporters, targets, strict=True):
         for template in exporter.templates:
             sock.sendto(template, target)
     time.sleep(TEMPLATE_PAUSE)
 
     # Round-robin over exporters; each keeps its own sequence counter.
     rounds = [
-        (sock, exporter, [bytearray(p[0]) for p in exporter.packets])
-        for sock, exporter in zip(sockets, plan.exporters, strict=True)
+        (sock, exporter, [bytearray(p[0]) for p in exporter.packets], target)
+        for sock, exporter, target in zip(sockets, plan.exporters, targets, strict=True)
     ]
     sequences = [0] * len(rounds)
     total = plan.count or int(plan.rate * plan.seconds)
@@ -112,7 +115,7 @@ def send(plan: Plan) -> Sent:
             continue
         while sent.datagrams < due:
             slot = index % len(rounds)
-            sock, exporter, buffers = rounds[slot]
+            sock, exporter, buffers, target = rounds[slot]
             position = (index // len(rounds)) % len(buffers)
             buffer = buffers[position]
             _, records, packets, findings = exporter.packets[position]
