@@ -46,6 +46,7 @@ _FLAGS: tuple[tuple[str, SettingPath, Callable[[Any], Any]], ...] = (
     ("proxy_protocol_from", ("proxy_protocol_from",), split),
     ("metrics", ("metrics",), str),
     ("cluster", ("cluster",), str),
+    ("workers", ("workers",), str),
     ("detectors", ("detection", "enabled"), split),
     ("window", ("detection", "window_seconds"), str),
     ("event_format", ("event_format",), str),
@@ -111,6 +112,11 @@ def _live(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and /readyz here (a bare PORT is on 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        help="receive and decode UDP in N processes (one core each), detect in one",
     )
     parser.add_argument(
         "--cluster",
@@ -272,6 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Start the live collector."""
     config = _configured(args)
     service = Service(config, lambda: load_config(args))
+    service.prepare()
     return asyncio.run(service.run())
 
 

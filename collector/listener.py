@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from collector.allowlist import Allowlist
 from collector.capture import Datagram
@@ -46,12 +47,20 @@ class SocketStats:
     buffer_bytes: int
 
 
-def open_socket(endpoint: str, receive_buffer: int) -> socket.socket:
-    """Bind a non-blocking UDP socket with a large receive buffer."""
+def open_socket(
+    endpoint: str, receive_buffer: int, reuse_port: bool = False
+) -> socket.socket:
+    """Bind a non-blocking UDP socket with a large receive buffer.
+
+    ``reuse_port`` joins the socket to a SO_REUSEPORT group on the same
+    address (one socket per worker process).
+    """
     host, port = parse_endpoint(endpoint)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _size_buffer(sock, endpoint, receive_buffer)
         if family == socket.AF_INET6:
             # Accept IPv4-mapped exporters only on an explicit IPv4 listener.
@@ -89,6 +98,46 @@ def _size_buffer(sock: socket.socket, endpoint: str, wanted: int) -> None:
         )
 
 
+class ProxyErrors(Protocol):
+    """What the rest of the collector reads of PROXY header handling."""
+
+    errors: Counter[str]
+
+    def report(self) -> None:
+        """Log what was dropped since the last report."""
+        ...
+
+
+class Receiver(Protocol):
+    """What the service starts, stops and counts: a Listener, or the workers."""
+
+    received: int
+    denied: int
+    denied_sources: Counter[str]
+    allowlist: Allowlist | None
+
+    @property
+    def proxy(self) -> ProxyErrors:
+        """Return the PROXY header counters."""
+        ...
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start receiving."""
+        ...
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop receiving; decode what arrived."""
+        ...
+
+    def socket_stats(self) -> list[SocketStats]:
+        """Return the kernel's counters for each listening address."""
+        ...
+
+    def addresses(self) -> list[str]:
+        """Return the addresses bound."""
+        ...
+
+
 class Listener:
     """Reads every bound socket and hands each datagram to a callback."""
 
@@ -115,13 +164,21 @@ class Listener:
         self._buffer = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buffer)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind every socket and start reading."""
-        for endpoint in self.endpoints:
-            sock = open_socket(endpoint, self.receive_buffer)
-            self.sockets.append(sock)
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        """Bind every socket (or take ``sockets`` already bound) and start reading."""
+        if sockets is None:
+            for endpoint in self.endpoints:
+                sock = open_socket(endpoint, self.receive_buffer)
+                self.sockets.append(sock)
+                log.info("listening", extra={"endpoint": bound(sock)})
+        else:
+            self.sockets.extend(sockets)
+        for sock in self.sockets:
             loop.add_reader(sock.fileno(), self._drain, sock)
-            log.info("listening", extra={"endpoint": _bound(sock)})
 
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop reading, decode what the kernel still holds, close the sockets."""
@@ -192,12 +249,12 @@ class Listener:
                 if mine is None:
                     continue
                 buffer = mine.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-                found.append(SocketStats(_bound(mine), drops, queued, buffer))
+                found.append(SocketStats(bound(mine), drops, queued, buffer))
         return found
 
     def addresses(self) -> list[str]:
         """Return the addresses actually bound (ports resolved)."""
-        return [_bound(sock) for sock in self.sockets]
+        return [bound(sock) for sock in self.sockets]
 
 
 def _udp_table(path: Path) -> list[tuple[int, int, int]]:
@@ -216,7 +273,7 @@ def _udp_table(path: Path) -> list[tuple[int, int, int]]:
     return rows
 
 
-def _bound(sock: socket.socket) -> str:
+def bound(sock: socket.socket) -> str:
     """Format a socket's bound address as HOST:PORT."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -30,7 +30,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from collector.listener import Listener
+from collector.listener import Receiver
 from collector.outputs import QueuedOutput
 from collector.pipeline import Pipeline
 from collector.proxy import REASONS
@@ -85,7 +85,7 @@ class CollectorMetrics(Collector):
     def __init__(
         self,
         pipeline: Pipeline,
-        listener: Listener | None = None,
+        listener: Receiver | None = None,
         outputs: Iterable[QueuedOutput] = (),
         health: Health | None = None,
     ) -> None:
@@ -214,7 +214,7 @@ class CollectorMetrics(Collector):
         yield connected
         yield from counters.values()
 
-    def _sockets(self, listener: Listener) -> Iterator[Metric]:
+    def _sockets(self, listener: Receiver) -> Iterator[Metric]:
         """Datagrams received and denied; the kernel's drops per socket."""
         yield CounterMetricFamily(
             "flowtrap_datagrams_received",

@@ -94,6 +94,10 @@ class Pipeline:
         # so a burst of events never stalls decoding; without one, at once.
         self.pending: deque[tuple[Window, datetime]] = deque()
         self.wake: Callable[[], None] | None = None
+        # Called with each detector's newly watched source addresses (by its
+        # index) before they are looked back for; worker processes hold the
+        # rows to look back over when there are workers.
+        self.on_fresh: Callable[[int, set[bytes]], None] | None = None
         # Called with every flow record some detector wanted (a cluster
         # publishes them to the other nodes); None on a single collector.
         self.observer: Callable[[FlowRecord], None] | None = None
@@ -216,10 +220,13 @@ class Pipeline:
         """Give every detector's newly watched sources the kept rows they missed."""
         if not any(watch.fresh for watch in self._watches):
             return
-        for detector in self.detectors:
+        for index, detector in enumerate(self.detectors):
             watch = detector.interest.sources
             if watch is not None and watch.fresh:
-                self._replay(detector, watch, watch.take_fresh())
+                fresh = watch.take_fresh()
+                if self.on_fresh is not None:
+                    self.on_fresh(index, fresh)
+                self._replay(detector, watch, fresh)
 
     def _replay(
         self, detector: Detector, watch: SourceWatch, fresh: set[bytes]
@@ -256,17 +263,24 @@ class Pipeline:
             if wanted and self.observer is not None:
                 self.observer(flow)
 
-    def observe(self, flows: Iterable[FlowRecord]) -> None:
-        """Run the detectors on flow records another collector decoded.
+    def observe(self, flows: Iterable[FlowRecord], local: bool = False) -> None:
+        """Run the detectors on flow records decoded elsewhere.
 
         They join the same detector state as local ones, so a probe decoded
         elsewhere and a callback decoded here correlate; a source they make
-        watched gets the kept local rows it missed.
+        watched gets the kept local rows it missed. ``local`` flows (from this
+        collector's own worker processes) also go to the observer, as flows
+        decoded here do; another node's flows never go back out.
         """
+        observer = self.observer if local else None
         for flow in flows:
+            wanted = False
             for detector in self.detectors:
                 if detector.interest.wants(flow):
+                    wanted = True
                     self._run(detector, flow)
+            if wanted and observer is not None:
+                observer(flow)
         self._replay_fresh()
 
     def _run(self, detector: Detector, flow: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from collector.listener import Listener
+from collector.listener import Receiver
 from collector.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class InputReporter:
     """Logs new decode errors and denied exporters since the last report."""
 
-    def __init__(self, stats: Stats, listener: Listener | None = None) -> None:
+    def __init__(self, stats: Stats, listener: Receiver | None = None) -> None:
         """Start from zero."""
         self.stats = stats
         self.listener = listener

@@ -22,7 +22,7 @@ from collector import outputs
 from collector.allowlist import Allowlist
 from collector.configure import ConfigError
 from collector.decoder import Decoder
-from collector.listener import Listener
+from collector.listener import Listener, Receiver
 from collector.metrics import CollectorMetrics, Health, MetricsServer, registry_for
 from collector.pipeline import Pipeline
 from collector.proxy import ProxyProtocol
@@ -31,6 +31,7 @@ from collector.reporter import InputReporter
 from collector.sinks import Sink
 from collector.tcp import IpfixTcpServer
 from collector.templates import Limits
+from collector.workers import WorkerPool
 from detectors.base import DetectionContext, DetectorConfigError
 from detectors.networks import IPNetwork, Networks
 from detectors.registry import build
@@ -54,10 +55,10 @@ EVENTS_PER_TURN = 64
 RELOADED = frozenset({"internal_networks", "allowed_exporters"})
 
 
-def make_pipeline(config: Config, sink: Sink, networks: Networks) -> Pipeline:
-    """Build the decoder, detectors and windows from the config."""
+def make_decoder(config: Config) -> Decoder:
+    """Build the decoder and its limits from the config."""
     limits = config.limits
-    decoder = Decoder(
+    return Decoder(
         Limits(
             max_exporters=limits.max_exporters,
             max_templates_per_exporter=limits.max_templates_per_exporter,
@@ -73,6 +74,11 @@ def make_pipeline(config: Config, sink: Sink, networks: Networks) -> Pipeline:
             scope_by_port=limits.template_scope_by_port,
         )
     )
+
+
+def make_pipeline(config: Config, sink: Sink, networks: Networks) -> Pipeline:
+    """Build the decoder, detectors and windows from the config."""
+    decoder = make_decoder(config)
     detection = config.detection
     context = DetectionContext(networks, detection.detectors)
     try:
@@ -117,13 +123,18 @@ class Service:
         if config.state_file is not None:
             self.pipeline.keep_state(config.state_file, config.state_save_seconds)
         allowlist = allowlist_of(config)
-        self.listener = Listener(
-            config.listen,
-            config.receive_buffer_bytes,
-            self.pipeline.feed,
-            allowlist,
-            ProxyProtocol(config.proxy_protocol_from),
-        )
+        self.listener: Receiver
+        if config.workers > 1:
+            self.listener = WorkerPool(config, self.pipeline, make_decoder, allowlist)
+        else:
+            self.listener = Listener(
+                config.listen,
+                config.receive_buffer_bytes,
+                self.pipeline.feed,
+                allowlist,
+                ProxyProtocol(config.proxy_protocol_from),
+            )
+        self._failure: str | None = None
         self.tcp: IpfixTcpServer | None = None
         if config.listen_tcp:
             self.tcp = IpfixTcpServer(
@@ -176,10 +187,20 @@ class Service:
         self.pipeline.sinks = [ClaimingSink(self.outputs, cluster)]
         return cluster
 
+    def prepare(self) -> None:
+        """Fork the worker processes, if any: before any thread or event loop."""
+        if isinstance(self.listener, WorkerPool):
+            try:
+                self.listener.fork()
+            except OSError as error:
+                raise ConfigError(str(error)) from None
+
     async def run(self) -> int:
         """Start, serve until SIGTERM or SIGINT, then stop cleanly."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        if isinstance(self.listener, WorkerPool):
+            self.listener.failed = partial(self._fail, stop)
         # Handlers first: a signal that arrives while starting is acted on
         # once the loop runs, instead of killing the process.
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -211,7 +232,18 @@ class Service:
         if self.tcp is not None:
             await self.tcp.stop()
         self._stop(loop)
+        if self._failure is not None:
+            log.error(
+                "collector stopped by a failure; restart it",
+                extra={"reason": self._failure},
+            )
+            return 1
         return 0
+
+    def _fail(self, stop: asyncio.Event, reason: str) -> None:
+        """Stop the collector because part of it failed."""
+        self._failure = reason
+        stop.set()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open outputs, metrics and sockets, in that order; undo on failure."""
@@ -256,6 +288,8 @@ class Service:
     def _tick(self) -> None:
         """Advance the clock, report bad input, and show the loop is alive."""
         self._take_observations()
+        if isinstance(self.listener, WorkerPool):
+            self.listener.sync()
         self.pipeline.advance(time.time())
         self.reporter.report()
         self.listener.proxy.report()

@@ -49,6 +49,25 @@ class Stats:
     def error(self, exporter: str, reason: str, amount: int = 1) -> None:
         """Count a decode error by its reason slug (exporters past the cap pooled)."""
         self.errors[reason] += amount
+        self.error_by_exporter(exporter, reason, amount)
+
+    def merge(
+        self,
+        counts: Counter[str],
+        errors: Counter[str],
+        errors_by_exporter: Counter[tuple[str, str]],
+        by_exporter: dict[str, Counter[str]],
+    ) -> None:
+        """Add counts made in a worker process; exporters pooled past the cap."""
+        self.counts.update(counts)
+        self.errors.update(errors)
+        for (exporter, reason), amount in errors_by_exporter.items():
+            self.error_by_exporter(exporter, reason, amount)
+        for exporter, values in by_exporter.items():
+            self._of(exporter).update(values)
+
+    def error_by_exporter(self, exporter: str, reason: str, amount: int) -> None:
+        """Count an error under its exporter only (the overall count is done)."""
         if exporter not in self.by_exporter and (
             len(self.by_exporter) >= MAX_LABELLED_EXPORTERS
         ):

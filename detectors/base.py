@@ -73,18 +73,31 @@ class SourceWatch:
         self.lookback_seconds = lookback_seconds
         self.members: set[bytes] = set()
         self.fresh: set[bytes] = set()
+        # Counts changes, so that a copy elsewhere knows when to catch up.
+        self.version = 0
 
     def add(self, address: IPAddress) -> None:
         """Watch an address; a new one is also due for a look back."""
-        packed = address.packed
+        self.add_packed(address.packed)
+
+    def add_packed(self, packed: bytes) -> None:
+        """Watch an address given in network byte order."""
         if packed not in self.members:
             self.members.add(packed)
             self.fresh.add(packed)
+            self.version += 1
 
     def discard(self, address: IPAddress) -> None:
         """Stop watching an address."""
-        self.members.discard(address.packed)
+        if address.packed in self.members:
+            self.members.discard(address.packed)
+            self.version += 1
         self.fresh.discard(address.packed)
+
+    def replace(self, members: set[bytes]) -> None:
+        """Take another watch's members as they are (no look back for them)."""
+        self.members = set(members)
+        self.fresh &= self.members
 
     def take_fresh(self) -> set[bytes]:
         """Return the addresses added since the last call, and forget them."""

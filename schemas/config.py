@@ -405,6 +405,14 @@ class Config(_Section):
         description="Exporters that may send; datagrams from others are dropped "
         "and counted. Unset: any host may send.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes that receive and decode UDP export packets, each "
+        "exporter always on the same one (SO_REUSEPORT, steered by its address); "
+        "detection and outputs stay in one process. 1: one process does all.",
+    )
     proxy_protocol_from: list[IPvAnyNetwork] | None = Field(
         default=None,
         min_length=1,

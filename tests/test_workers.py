@@ -1,0 +1,232 @@
+"""``flowtrap run --workers N``: several processes receive and decode, one detects.
+
+Real processes on 127.0.0.1: exporters send from 127.0.0.2-9, the kernel's
+reuseport group steers each by its address to one worker, and the one
+detecting process must find what a single process finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.capture import read_capture
+from collector.workers import steer_by_source
+from tests.conftest import EXPORTS, ROOT
+from tests.packets import five_tuple
+from tests.test_cluster import PROBER, VICTIM, export_packet
+from tools.runner import CollectorProcess, send_payloads
+
+ALL = ",".join(
+    (
+        "cups_browsed_internal_external",
+        "cups_browsed_external_internal",
+        "cups_browsed_callback",
+        "cups_browsed_internal_fanout",
+    )
+)
+CAPTURES = (
+    "softflowd-v5.pcap",
+    "softflowd-v9.pcap",
+    "softflowd-v10.pcap",
+    "softflowd-v5-callback.pcap",
+    "softflowd-v9-callback.pcap",
+    "softflowd-v10-callback.pcap",
+    "pmacctd-v9.pcap",
+    "pmacctd-v10.pcap",
+)
+_STOPPED = re.compile(r"collector stopped datagrams=(\d+).*flow_records=(\d+)")
+
+
+def test_the_group_steers_each_source_address_to_one_socket() -> None:
+    """The BPF program picks the socket by source address modulo the group size."""
+    count = 3
+    group = []
+    port = 0
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        group.append(sock)
+    steer_by_source(group[0], count)
+    try:
+        for last in range(2, 14):
+            # Several source ports each: the address alone decides.
+            for _ in range(4):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                    sender.bind((f"127.0.0.{last}", 0))
+                    sender.sendto(b"x", ("127.0.0.1", port))
+        time.sleep(0.2)
+        landed: dict[str, set[int]] = defaultdict(set)
+        for index, sock in enumerate(group):
+            while True:
+                try:
+                    _, (source, _) = sock.recvfrom(64)
+                except BlockingIOError:
+                    break
+                landed[source].add(index)
+    finally:
+        for sock in group:
+            sock.close()
+    assert len(landed) == 12
+    for source, indexes in landed.items():
+        assert indexes == {int(ipaddress.IPv4Address(source)) % count}, source
+
+
+def _send_captures(port: int) -> None:
+    """Send each capture from its own exporter address, 127.0.0.2 onwards."""
+
+    async def send() -> None:
+        for index, name in enumerate(CAPTURES):
+            packets = [d.data for d in read_capture(EXPORTS / name)]
+            await send_payloads(packets, port, f"127.0.0.{index + 2}")
+
+    asyncio.run(send())
+
+
+def _folded(events: list[dict[str, Any]]) -> dict[tuple[str, ...], list[int]]:
+    """Add events up by detector, source, destination and window.
+
+    Windows of old flows close at once, so one process may write a key as two
+    events (a late reopening) where the workers' batching writes one; and
+    which exporter's copy of a repeated flow counts first is arrival order.
+    What was found must agree.
+    """
+    folded: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for event in events:
+        found = event["flowtrap"]
+        key = (
+            event["rule"]["name"],
+            event["source"]["ip"],
+            event["destination"]["ip"],
+            found["window"]["start"],
+        )
+        for position, name in enumerate(("flows", "packets", "bytes")):
+            folded[key][position] += found[name]
+    return dict(folded)
+
+
+def _run(tmp_path: Path, name: str, extra: list[str]) -> tuple[list[Any], str]:
+    """Run one collector on the captures; return its events and final log."""
+    flags = ["--detectors", ALL, *extra]
+    with CollectorProcess(tmp_path / f"{name}.jsonl", flags) as collector:
+        _send_captures(collector.port)
+        time.sleep(1.0)
+        return collector.stop(), collector.stderr
+
+
+@pytest.mark.exporter
+def test_three_workers_find_what_one_process_finds(tmp_path: Path) -> None:
+    """Same counts, same findings; each exporter decoded whole by one worker."""
+    single, single_log = _run(tmp_path, "single", [])
+    workers, workers_log = _run(tmp_path, "workers", ["--workers", "3"])
+
+    single_counts = _STOPPED.search(single_log)
+    worker_counts = _STOPPED.search(workers_log)
+    assert single_counts is not None
+    assert worker_counts is not None
+    # Every datagram and every record: an exporter split over two workers
+    # would leave data waiting for a template the other one learned.
+    assert worker_counts.groups() == single_counts.groups()
+    assert {e["rule"]["name"] for e in single} >= {
+        "cups_browsed_internal_external",
+        "cups_browsed_external_internal",
+        "cups_browsed_callback",
+    }
+    assert _folded(workers) == _folded(single)
+    ids = [e["event"]["id"] for e in workers]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.exporter
+def test_a_callback_decoded_by_another_worker_before_its_probe_correlates(
+    tmp_path: Path,
+) -> None:
+    """The callback reaches worker 1 first, the probe worker 0: one event.
+
+    The callback's worker keeps its rows; once the detecting process watches
+    the probed host, that worker looks back and sends the callback.
+    """
+    now = int(time.time())
+    probe = five_tuple(PROBER, VICTIM, 40001, 631)
+    callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
+    flags = ["--detectors", "cups_browsed_callback", "--workers", "2"]
+    # 127.0.0.2 and 127.0.0.3 differ in their last bit: different workers.
+    with CollectorProcess(tmp_path / "events.jsonl", flags) as collector:
+        asyncio.run(
+            send_payloads(
+                [export_packet([callback], now + 1)], collector.port, "127.0.0.3"
+            )
+        )
+        time.sleep(0.5)
+        asyncio.run(
+            send_payloads([export_packet([probe], now)], collector.port, "127.0.0.2")
+        )
+        time.sleep(1.0)
+        events = collector.stop()
+    callbacks = [e for e in events if e["rule"]["name"] == "cups_browsed_callback"]
+    assert len(callbacks) == 1, events
+    assert callbacks[0]["source"]["ip"] == VICTIM
+    assert callbacks[0]["destination"]["ip"] == PROBER
+    assert callbacks[0]["observer"]["ip"] == ["127.0.0.3"]
+
+
+def test_a_worker_that_dies_stops_the_collector_with_an_error(tmp_path: Path) -> None:
+    """A killed worker ends the run with exit status 1 and says why."""
+    command = [
+        sys.executable,
+        "-m",
+        "collector",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--events",
+        str(tmp_path / "events.jsonl"),
+        "--workers",
+        "2",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    pids: list[int] = []
+    try:
+        for line in process.stderr:
+            found = re.search(r"workers started .*pids=\[([\d, ]+)\]", line)
+            if found:
+                pids = [int(pid) for pid in found.group(1).split(",")]
+            if "collector started" in line:
+                break
+        assert len(pids) == 2
+        os.kill(pids[1], signal.SIGKILL)
+        rest = process.stderr.read()
+        assert process.wait(timeout=30) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "worker exited" in rest
+    assert "collector stopped by a failure; restart it" in rest
+    # The other worker was told to stop and is gone too.
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
