@@ -31,13 +31,14 @@ def reloads(address: str, result: str) -> float:
     return sample(scrape(address), "flowtrap_config_reloads_total", result=result)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_stop_signal_closes_open_windows_and_writes_their_events(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, workers: str
 ) -> None:
     """A flow whose window is still open becomes an event on the way out."""
     events_path = tmp_path / "events.jsonl"
-    extra = ["--metrics", "127.0.0.1:0", "--window", "3600"]
+    extra = ["--metrics", "127.0.0.1:0", "--window", "3600", "--workers", workers]
     with CollectorProcess(events_path, extra) as collector:
         address = metrics_address(collector.started)
         await send_payloads([egress_packet()], collector.port)
@@ -53,16 +54,21 @@ async def test_stop_signal_closes_open_windows_and_writes_their_events(
     assert "collector stopped" in collector.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_sighup_reloads_allowlist_and_networks_and_starts_a_new_file(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
-    """After SIGHUP a newly allowed exporter's flow, now egress, raises an event."""
+    """After SIGHUP a newly allowed exporter's flow, now egress, raises an event.
+
+    With workers, the allowlist is applied where datagrams are received: the
+    reload reaches every worker.
+    """
     config = tmp_path / "flowtrap.toml"
     config.write_text(
         'allowed_exporters = ["127.0.0.2/32"]\ninternal_networks = ["192.168.0.0/16"]\n'
     )
     events_path = tmp_path / "events.jsonl"
-    extra = ["--config", str(config), "--metrics", "127.0.0.1:0"]
+    extra = ["--config", str(config), "--metrics", "127.0.0.1:0", "--workers", workers]
     with CollectorProcess(events_path, extra) as collector:
         address = metrics_address(collector.started)
         # Denied: 127.0.0.3 may not send yet.

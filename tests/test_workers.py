@@ -25,6 +25,7 @@ import pytest
 from collector.capture import read_capture
 from collector.workers import steer_by_source
 from tests.conftest import EXPORTS, ROOT
+from tests.ops import Samples, metrics_address, sample, scrape, scrape_until
 from tests.packets import five_tuple
 from tests.test_cluster import PROBER, VICTIM, export_packet
 from tools.runner import CollectorProcess, send_payloads
@@ -230,3 +231,33 @@ def test_a_worker_that_dies_stops_the_collector_with_an_error(tmp_path: Path) ->
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
+
+
+@pytest.mark.exporter
+def test_metrics_add_up_the_workers_counts(tmp_path: Path) -> None:
+    """Per-exporter counts, datagrams received and socket counters, summed."""
+    flags = ["--workers", "3", "--metrics", "127.0.0.1:0"]
+    with CollectorProcess(tmp_path / "events.jsonl", flags) as collector:
+        address = metrics_address(collector.started)
+        _send_captures(collector.port)
+        sent = sum(len(list(read_capture(EXPORTS / name))) for name in CAPTURES)
+
+        def packets(samples: Samples) -> dict[str, float]:
+            return {
+                dict(labels)["exporter"]: value
+                for (name, labels), value in samples.items()
+                if name == "flowtrap_export_packets_total"
+            }
+
+        scrape_until(
+            address,
+            lambda s: sum(packets(s).values()) >= sent,
+            what="every export packet counted",
+        )
+        samples = scrape(address)
+        collector.stop()
+    assert set(packets(samples)) == {f"127.0.0.{i + 2}" for i in range(len(CAPTURES))}
+    assert sample(samples, "flowtrap_datagrams_received_total") == sent
+    listen = f"127.0.0.1:{collector.port}"
+    assert sample(samples, "flowtrap_socket_receive_drops_total", listen=listen) == 0
+    assert sample(samples, "flowtrap_socket_receive_buffer_bytes", listen=listen) > 0
