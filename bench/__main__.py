@@ -94,8 +94,13 @@ def run_decode(profiles: list[Profile], settings: Settings, out: Results) -> Non
             stream = decode.build_stream(version, chosen, clock)
             readable = [p for p in chosen if decode.netflow_decodes(p, clock)]
             netflow_stream = decode.build_stream(version, readable, clock)
+            clean = decode.build_stream(version, chosen, clock, decode.CLEAN)
             result = decode.measure(
-                stream, netflow_stream, settings.decode_seconds, settings.decode_rounds
+                stream,
+                netflow_stream,
+                settings.decode_seconds,
+                settings.decode_rounds,
+                clean,
             )
             out.decode.append(result)
             _say(f"decode v{version}: " + report.decode_line(result))

@@ -62,7 +62,9 @@ class Stream:
         return sum(packet.findings for packet in self.packets)
 
 
-def build_stream(version: int, profiles: list[Profile], clock: Clock) -> Stream:
+def build_stream(
+    version: int, profiles: list[Profile], clock: Clock, mix: Mix | None = None
+) -> Stream:
     """Build the pool: one exporter per profile, its packets interleaved."""
     stream = Stream(version, profiles)
     per_profile = []
@@ -71,7 +73,9 @@ def build_stream(version: int, profiles: list[Profile], clock: Clock) -> Stream:
         if version != 5:
             data = template_packet(profile, clock)
             stream.templates.append(Datagram(exporter, 2055, clock.export_secs, data))
-        packets = data_packets(profile, Mix(), clock, PACKETS_PER_PROFILE, index + 1)
+        packets = data_packets(
+            profile, mix or Mix(), clock, PACKETS_PER_PROFILE, index + 1
+        )
         per_profile.append([(exporter, packet) for packet in packets])
     for row in zip(*per_profile, strict=True):
         for exporter, packet in row:
@@ -179,8 +183,17 @@ class DecodeResult:
     netflow_layouts: int
 
 
+# Traffic without a single UDP/631 record: what a network without CUPS probes
+# looks like to the default detector.
+CLEAN = Mix(finding_share=0.0, near_miss_share=0.0)
+
+
 def measure(
-    stream: Stream, netflow_stream: Stream, seconds: float, rounds: int
+    stream: Stream,
+    netflow_stream: Stream,
+    seconds: float,
+    rounds: int,
+    clean: Stream | None = None,
 ) -> DecodeResult:
     """Time every contender in turns; keep each one's best round."""
     contenders = Contenders(stream, netflow_stream)
@@ -195,6 +208,9 @@ def measure(
     }
     if netflow_stream.data:
         runs["netflow pkg"] = (contenders.netflow, netflow_stream)
+    if clean is not None:
+        # Same layouts and exporters, so the templates the pipeline learned serve.
+        runs["flowtrap, no UDP/631"] = (contenders.flowtrap, clean)
     best: dict[str, float] = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
         for name, (feed, pool) in runs.items():

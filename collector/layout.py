@@ -86,9 +86,10 @@ class Layout:
     # Each column's name, and the columns whose raw value needs converting.
     names: tuple[str, ...] = ()
     converted: tuple[tuple[int, Column], ...] = ()
-    # Scratch space for consumers (the pipeline's row filter), built once per
-    # layout and dropped with it when the template changes.
-    cache: dict[str, Any] = field(default_factory=dict)
+    # Scratch space for consumers (the pipeline's sieve, the flow-record
+    # plan), built once per layout and dropped with it when the template
+    # changes.
+    cache: dict[object, Any] = field(default_factory=dict)
 
     @classmethod
     def compile(

@@ -181,12 +181,17 @@ class Pipeline:
             sink.close()
 
     def _sieve(self, layout: Layout) -> Sieve:
-        """Resolve the detectors' interest against a layout, once per layout."""
-        cached = layout.cache.get("sieve")
+        """Resolve the detectors' interest against a layout, once per layout.
+
+        Layouts are shared (v5's by every decoder in the process), so the
+        sieve is kept under the interest it was built for.
+        """
+        key = ("sieve", self._protocols, self._dst_ports)
+        cached = layout.cache.get(key)
         if isinstance(cached, Sieve):
             return cached
         sieve = Sieve.build(layout, self._protocols, self._dst_ports)
-        layout.cache["sieve"] = sieve
+        layout.cache[key] = sieve
         return sieve
 
     def _candidates(self, batch: Batch) -> list[Row]:

@@ -20,11 +20,13 @@ from py_ocsf_models.events.findings.detection_finding import DetectionFinding
 from collector.capture import Datagram, read_capture
 from collector.decoder import Decoder
 from collector.pipeline import Pipeline
+from detectors.base import Interest
 from detectors.cups import InternalToExternal
 from detectors.events import community_id, to_event
 from detectors.registry import build
 from detectors.windows import Windows
 from schemas.event import Event
+from schemas.flow import FlowRecord
 from schemas.ocsf import to_ocsf
 from tests.conftest import EXPORTS
 from tests.test_detectors_callback import (
@@ -321,3 +323,39 @@ def test_a_live_pipeline_writes_events_in_slices_and_all_at_flush(
     assert not pipeline.pending
     assert len(sink.documents) == closed
     assert len({doc["event"]["id"] for doc in sink.documents}) == closed
+
+
+class WebWatcher:
+    """A detector that wants TCP/80 only, and finds nothing."""
+
+    rule = InternalToExternal.rule
+    interest = Interest(protocols=frozenset({6}), dst_ports=frozenset({80}))
+
+    def __init__(self) -> None:
+        """Count what it is shown."""
+        self.seen = 0
+
+    def evaluate(self, flow: FlowRecord) -> tuple[()]:
+        """Count the flow."""
+        self.seen += 1
+        return ()
+
+
+def test_pipelines_with_different_detectors_share_layouts_but_not_sieves() -> None:
+    """v5's layout serves every decoder; each pipeline keeps its own sieve on it."""
+    packets = [d.data for d in read_capture(EXPORTS / "softflowd-v5.pcap")]
+    watcher = WebWatcher()
+    first = Pipeline(Decoder(), [watcher], Windows(), [KeepDocuments()])
+    sink = KeepDocuments()
+    second = Pipeline(
+        Decoder(),
+        build(["cups_browsed_internal_external"], context()),
+        Windows(),
+        [sink],
+    )
+    for pipeline in (first, second):
+        for data in packets:
+            pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS, data))
+        pipeline.flush()
+    assert watcher.seen == 0
+    assert sink.documents, "the egress detector saw the UDP/631 flows"
