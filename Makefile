@@ -40,8 +40,9 @@ lab: $(STAMP)
 lab-clean: $(STAMP)
 	$(BIN)/python tools/lab.py clean
 
-## bench: decode + detect, live sweep beside nfcapd and nfacctd, memory, events burst,
-## profile; prints one Markdown table, keeps results in build/bench/ (~10 min)
+## bench: decode + detect, live sweep beside nfcapd and nfacctd, --workers, cluster,
+## memory, events burst, profile; prints one Markdown table, keeps results in
+## build/bench/ (~14 min)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
