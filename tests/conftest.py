@@ -11,6 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 EXPORTS = FIXTURES / "exports"
+# The exporters' recorded exports, one per exporter address (127.0.0.2 on) in
+# the tests that play several exporters.
+EXPORT_CAPTURES = (
+    "softflowd-v5.pcap",
+    "softflowd-v9.pcap",
+    "softflowd-v10.pcap",
+    "softflowd-v5-callback.pcap",
+    "softflowd-v9-callback.pcap",
+    "softflowd-v10-callback.pcap",
+    "pmacctd-v9.pcap",
+    "pmacctd-v10.pcap",
+)
 SHARED = ROOT.parent / "shared"
 CAPTURES = SHARED / "captures"
 CUPS_PCAPS = SHARED / "cups-pcaps-initconf"

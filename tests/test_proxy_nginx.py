@@ -19,7 +19,7 @@ import pytest
 
 from collector.capture import read_capture
 from collector.proxy import parse
-from tests.conftest import EXPORTS
+from tests.conftest import EXPORT_CAPTURES, EXPORTS
 from tests.nats import NatsServer
 from tests.nginx import NginxBalancer
 from tests.ops import (
@@ -30,32 +30,15 @@ from tests.ops import (
     scrape_until,
     wait_for,
 )
+from tests.test_detectors_cups import ALL as ALL_DETECTORS
 from tools.runner import CollectorProcess, send_payloads
 
 pytestmark = pytest.mark.exporter
 
-# One recorded export per exporter address, 127.0.0.2 to 127.0.0.9.
-CAPTURES = (
-    "softflowd-v5.pcap",
-    "softflowd-v9.pcap",
-    "softflowd-v10.pcap",
-    "softflowd-v5-callback.pcap",
-    "softflowd-v9-callback.pcap",
-    "softflowd-v10-callback.pcap",
-    "pmacctd-v9.pcap",
-    "pmacctd-v10.pcap",
-)
-EXPORTERS = {f"127.0.0.{i + 2}": name for i, name in enumerate(CAPTURES)}
+EXPORTERS = {f"127.0.0.{i + 2}": name for i, name in enumerate(EXPORT_CAPTURES)}
 EGRESS = "cups_browsed_internal_external"
 CALLBACK = "cups_browsed_callback"
-ALL = ",".join(
-    (
-        EGRESS,
-        "cups_browsed_external_internal",
-        CALLBACK,
-        "cups_browsed_internal_fanout",
-    )
-)
+ALL = ",".join(ALL_DETECTORS)
 # nginx hashes 8 exporters onto 2 instances; all on one happens 1 time in 128,
 # and then the balancer is rebuilt on new ports rather than the test passing
 # without having split anything.

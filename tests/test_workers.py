@@ -13,8 +13,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,30 +22,14 @@ import pytest
 
 from collector.capture import read_capture
 from collector.workers import steer_by_source
-from tests.conftest import EXPORTS, ROOT
+from tests.conftest import EXPORT_CAPTURES, EXPORTS
 from tests.ops import Samples, metrics_address, sample, scrape, scrape_until
 from tests.packets import five_tuple
 from tests.test_cluster import PROBER, VICTIM, export_packet
+from tests.test_detectors_cups import ALL as ALL_DETECTORS
 from tools.runner import CollectorProcess, send_payloads
 
-ALL = ",".join(
-    (
-        "cups_browsed_internal_external",
-        "cups_browsed_external_internal",
-        "cups_browsed_callback",
-        "cups_browsed_internal_fanout",
-    )
-)
-CAPTURES = (
-    "softflowd-v5.pcap",
-    "softflowd-v9.pcap",
-    "softflowd-v10.pcap",
-    "softflowd-v5-callback.pcap",
-    "softflowd-v9-callback.pcap",
-    "softflowd-v10-callback.pcap",
-    "pmacctd-v9.pcap",
-    "pmacctd-v10.pcap",
-)
+ALL = ",".join(ALL_DETECTORS)
 _STOPPED = re.compile(r"collector stopped datagrams=(\d+).*flow_records=(\d+)")
 
 
@@ -92,7 +74,7 @@ def _send_captures(port: int) -> None:
     """Send each capture from its own exporter address, 127.0.0.2 onwards."""
 
     async def send() -> None:
-        for index, name in enumerate(CAPTURES):
+        for index, name in enumerate(EXPORT_CAPTURES):
             packets = [d.data for d in read_capture(EXPORTS / name)]
             await send_payloads(packets, port, f"127.0.0.{index + 2}")
 
@@ -188,45 +170,16 @@ def test_a_callback_decoded_by_another_worker_before_its_probe_correlates(
 
 def test_a_worker_that_dies_stops_the_collector_with_an_error(tmp_path: Path) -> None:
     """A killed worker ends the run with exit status 1 and says why."""
-    command = [
-        sys.executable,
-        "-m",
-        "collector",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--events",
-        str(tmp_path / "events.jsonl"),
-        "--workers",
-        "2",
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    pids: list[int] = []
-    try:
-        for line in process.stderr:
-            found = re.search(r"workers started .*pids=\[([\d, ]+)\]", line)
-            if found:
-                pids = [int(pid) for pid in found.group(1).split(",")]
-            if "collector started" in line:
-                break
+    flags = ["--workers", "2"]
+    with CollectorProcess(tmp_path / "events.jsonl", flags, timeout=30) as collector:
+        found = re.search(r"pids=\[([\d, ]+)\]", "".join(collector.startup))
+        assert found is not None
+        pids = [int(pid) for pid in found.group(1).split(",")]
         assert len(pids) == 2
         os.kill(pids[1], signal.SIGKILL)
-        rest = process.stderr.read()
-        assert process.wait(timeout=30) == 1
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert "worker exited" in rest
-    assert "collector stopped by a failure; restart it" in rest
+        assert collector.wait() == 1
+    assert "worker exited" in collector.stderr
+    assert "collector stopped by a failure; restart it" in collector.stderr
     # The other worker was told to stop and is gone too.
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
@@ -240,7 +193,7 @@ def test_metrics_add_up_the_workers_counts(tmp_path: Path) -> None:
     with CollectorProcess(tmp_path / "events.jsonl", flags) as collector:
         address = metrics_address(collector.started)
         _send_captures(collector.port)
-        sent = sum(len(list(read_capture(EXPORTS / name))) for name in CAPTURES)
+        sent = sum(len(list(read_capture(EXPORTS / name))) for name in EXPORT_CAPTURES)
 
         def packets(samples: Samples) -> dict[str, float]:
             return {
@@ -256,7 +209,9 @@ def test_metrics_add_up_the_workers_counts(tmp_path: Path) -> None:
         )
         samples = scrape(address)
         collector.stop()
-    assert set(packets(samples)) == {f"127.0.0.{i + 2}" for i in range(len(CAPTURES))}
+    assert set(packets(samples)) == {
+        f"127.0.0.{i + 2}" for i in range(len(EXPORT_CAPTURES))
+    }
     assert sample(samples, "flowtrap_datagrams_received_total") == sent
     listen = f"127.0.0.1:{collector.port}"
     assert sample(samples, "flowtrap_socket_receive_drops_total", listen=listen) == 0

@@ -37,8 +37,10 @@ class CollectorProcess:
         self.extra = list(extra)
         self.timeout = timeout
         self.port = 0
-        # The "collector started" log line, with every address it reports.
+        # The "collector started" log line, with every address it reports,
+        # and every line logged up to it.
         self.started = ""
+        self.startup: list[str] = []
         # What the collector logged after that line, once it has stopped.
         self.stderr = ""
         self._process: subprocess.Popen[str] | None = None
@@ -85,6 +87,7 @@ class CollectorProcess:
             if match:
                 self.port = int(match.group("port"))
                 self.started = line
+                self.startup = lines
                 return self
         self._process.kill()
         raise RuntimeError("flowtrap run did not start:\n" + "".join(lines))
@@ -107,11 +110,21 @@ class CollectorProcess:
         if process is None:
             return []
         process.send_signal(signal.SIGTERM)
+        returncode = self.wait()
+        if returncode != 0:
+            raise RuntimeError(f"flowtrap run exited {returncode}:\n{self.stderr}")
+        return read_events(self.events)
+
+    def wait(self) -> int:
+        """Wait for the collector to exit by itself; keep what it logged."""
+        process = self._process
+        if process is None:
+            return 0
         try:
             process.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            raise RuntimeError("flowtrap run did not stop on SIGTERM") from None
+            raise RuntimeError("flowtrap run did not exit") from None
         if self._reader is not None:
             self._reader.join(self.timeout)
         rest = []
@@ -125,11 +138,7 @@ class CollectorProcess:
             rest.append(line)
         self.stderr = "".join(rest)
         self._process = None
-        if process.returncode != 0:
-            raise RuntimeError(
-                f"flowtrap run exited {process.returncode}:\n{self.stderr}"
-            )
-        return read_events(self.events)
+        return process.returncode
 
     def __enter__(self) -> CollectorProcess:
         """Start on entering a with block."""
