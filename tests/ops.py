@@ -6,6 +6,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,39 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "") ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.05)
+
+
+def exporter_packets(samples: Samples) -> dict[str, float]:
+    """Return export packets decoded, by exporter label."""
+    return {
+        dict(labels)["exporter"]: value
+        for (name, labels), value in samples.items()
+        if name == "flowtrap_export_packets_total"
+    }
+
+
+def fold_events(events: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Fold events by detector, source, destination and window.
+
+    One collector groups the findings of every exporter into one event per
+    window; two instances (or a process and its workers, batching
+    differently) each write their share, and a window that closes while an
+    old capture still arrives reopens as a further event. Summing by the
+    detection's own key compares what was found, not how it was cut up.
+    """
+    merged: dict[tuple[str, ...], dict[str, Any]] = defaultdict(
+        lambda: {"flows": 0, "packets": 0, "bytes": 0, "observers": set()}
+    )
+    for event in events:
+        found = event["flowtrap"]
+        key = (
+            event["rule"]["name"],
+            event["source"]["ip"],
+            event["destination"]["ip"],
+            found["window"]["start"],
+        )
+        into = merged[key]
+        for field in ("flows", "packets", "bytes"):
+            into[field] += found[field]
+        into["observers"] |= set(event["observer"]["ip"])
+    return dict(merged)

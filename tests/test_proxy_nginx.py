@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from tests.nats import NatsServer
 from tests.nginx import NginxBalancer
 from tests.ops import (
     Samples,
+    exporter_packets,
+    fold_events,
     metrics_address,
     sample,
     scrape,
@@ -63,41 +64,6 @@ def _send_all(payloads: dict[str, list[bytes]], port: int) -> None:
     asyncio.run(send())
 
 
-def _exporter_packets(samples: Samples) -> dict[str, float]:
-    """Return export packets decoded, by exporter label."""
-    return {
-        dict(labels)["exporter"]: value
-        for (name, labels), value in samples.items()
-        if name == "flowtrap_export_packets_total"
-    }
-
-
-def _merged(events: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
-    """Fold events by detector, source, destination and window.
-
-    One instance groups the findings of every exporter into one event per
-    window; two instances each write their share, and a window that closes
-    while an old capture still arrives reopens as a further event. Summing by
-    the detection's own key compares what was found, not how it was cut up.
-    """
-    merged: dict[tuple[str, ...], dict[str, Any]] = defaultdict(
-        lambda: {"flows": 0, "packets": 0, "bytes": 0, "observers": set()}
-    )
-    for event in events:
-        found = event["flowtrap"]
-        key = (
-            event["rule"]["name"],
-            event["source"]["ip"],
-            event["destination"]["ip"],
-            found["window"]["start"],
-        )
-        into = merged[key]
-        for field in ("flows", "packets", "bytes"):
-            into[field] += found[field]
-        into["observers"] |= set(event["observer"]["ip"])
-    return dict(merged)
-
-
 def _direct(
     tmp_path: Path, payloads: dict[str, list[bytes]], detectors: str
 ) -> list[dict[str, Any]]:
@@ -109,7 +75,7 @@ def _direct(
         _send_all(payloads, collector.port)
         scrape_until(
             address,
-            lambda s: sum(_exporter_packets(s).values()) >= total,
+            lambda s: sum(exporter_packets(s).values()) >= total,
             what="every export packet decoded",
         )
         return collector.stop()
@@ -162,7 +128,7 @@ def _balanced(
             _send_all(payloads, nginx.port)
 
             def decoded() -> bool:
-                found = [_exporter_packets(scrape(a)) for a in addresses]
+                found = [exporter_packets(scrape(a)) for a in addresses]
                 return sum(sum(f.values()) for f in found) >= total
 
             wait_for(decoded, what="every export packet decoded behind nginx")
@@ -206,7 +172,7 @@ def test_two_instances_behind_nginx_find_what_one_direct_instance_finds(
             if cluster:
                 url = stack.enter_context(NatsServer(prefix / "nats")).url
             samples, events, logs = _balanced(prefix, payloads, detectors, url)
-        landed = [_exporter_packets(s) for s in samples]
+        landed = [exporter_packets(s) for s in samples]
         if all(landed):
             break
     else:
@@ -234,7 +200,7 @@ def test_two_instances_behind_nginx_find_what_one_direct_instance_finds(
     # exporters send the same flows, so the direct instance's events each name
     # several observers: the folding has to add the split ones back up.
     assert len({ip for e in direct for ip in e["observer"]["ip"]}) > 1
-    merged, expected = _merged(events[0] + events[1]), _merged(direct)
+    merged, expected = fold_events(events[0] + events[1]), fold_events(direct)
     if cluster:
         # Alone, both write an event for a window both saw (the same id: the
         # folding adds them up); a cluster writes each id once.

@@ -23,7 +23,14 @@ import pytest
 from collector.capture import read_capture
 from collector.workers import steer_by_source
 from tests.conftest import EXPORT_CAPTURES, EXPORTS
-from tests.ops import Samples, metrics_address, sample, scrape, scrape_until
+from tests.ops import (
+    exporter_packets,
+    fold_events,
+    metrics_address,
+    sample,
+    scrape,
+    scrape_until,
+)
 from tests.packets import five_tuple
 from tests.test_cluster import PROBER, VICTIM, export_packet
 from tests.test_detectors_cups import ALL as ALL_DETECTORS
@@ -81,28 +88,6 @@ def _send_captures(port: int) -> None:
     asyncio.run(send())
 
 
-def _folded(events: list[dict[str, Any]]) -> dict[tuple[str, ...], list[int]]:
-    """Add events up by detector, source, destination and window.
-
-    Windows of old flows close at once, so one process may write a key as two
-    events (a late reopening) where the workers' batching writes one; and
-    which exporter's copy of a repeated flow counts first is arrival order.
-    What was found must agree.
-    """
-    folded: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for event in events:
-        found = event["flowtrap"]
-        key = (
-            event["rule"]["name"],
-            event["source"]["ip"],
-            event["destination"]["ip"],
-            found["window"]["start"],
-        )
-        for position, name in enumerate(("flows", "packets", "bytes")):
-            folded[key][position] += found[name]
-    return dict(folded)
-
-
 def _run(tmp_path: Path, name: str, extra: list[str]) -> tuple[list[Any], str]:
     """Run one collector on the captures; return its events and final log."""
     flags = ["--detectors", ALL, *extra]
@@ -130,7 +115,11 @@ def test_three_workers_find_what_one_process_finds(tmp_path: Path) -> None:
         "cups_browsed_external_internal",
         "cups_browsed_callback",
     }
-    assert _folded(workers) == _folded(single)
+    # Which exporter's copy of a flow a detector counts once is arrival order.
+    folded, expected = fold_events(workers), fold_events(single)
+    for found in (*folded.values(), *expected.values()):
+        del found["observers"]
+    assert folded == expected
     ids = [e["event"]["id"] for e in workers]
     assert len(ids) == len(set(ids))
 
@@ -195,21 +184,14 @@ def test_metrics_add_up_the_workers_counts(tmp_path: Path) -> None:
         _send_captures(collector.port)
         sent = sum(len(list(read_capture(EXPORTS / name))) for name in EXPORT_CAPTURES)
 
-        def packets(samples: Samples) -> dict[str, float]:
-            return {
-                dict(labels)["exporter"]: value
-                for (name, labels), value in samples.items()
-                if name == "flowtrap_export_packets_total"
-            }
-
         scrape_until(
             address,
-            lambda s: sum(packets(s).values()) >= sent,
+            lambda s: sum(exporter_packets(s).values()) >= sent,
             what="every export packet counted",
         )
         samples = scrape(address)
         collector.stop()
-    assert set(packets(samples)) == {
+    assert set(exporter_packets(samples)) == {
         f"127.0.0.{i + 2}" for i in range(len(EXPORT_CAPTURES))
     }
     assert sample(samples, "flowtrap_datagrams_received_total") == sent
