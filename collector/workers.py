@@ -66,6 +66,8 @@ _BPF_RET_A = 0x16
 
 # How often a worker sends what it has: flow records and counters.
 FLUSH_SECONDS = 0.05
+# How often it reads its sockets' kernel counters (a walk of /proc/net/udp).
+SOCKET_STATS_SECONDS = 1.0
 # Flow records a worker sends at once when many are due.
 FLOWS_PER_MESSAGE = 512
 # How long a worker may take to drain its sockets and say goodbye at shutdown.
@@ -142,10 +144,11 @@ class Report:
     denied: int
     denied_sources: Counter[str]
     proxy_errors: Counter[str]
-    sockets: list[SocketStats] = field(default_factory=list)
+    # None: unchanged since the last report.
+    sockets: list[SocketStats] | None = None
 
 
-def _take_report(stats: Stats, listener: Listener) -> Report:
+def _take_report(stats: Stats, listener: Listener, sockets: bool) -> Report:
     """Copy a worker's counters into a report and start them again from zero."""
     report = Report(
         counts=stats.counts.copy(),
@@ -156,7 +159,7 @@ def _take_report(stats: Stats, listener: Listener) -> Report:
         denied=listener.denied,
         denied_sources=listener.denied_sources.copy(),
         proxy_errors=listener.proxy.errors.copy(),
-        sockets=listener.socket_stats(),
+        sockets=listener.socket_stats() if sockets else None,
     )
     stats.counts.clear()
     stats.errors.clear()
@@ -195,6 +198,7 @@ class _Worker:
             ProxyProtocol(config.proxy_protocol_from),
         )
         self.stop = asyncio.Event()
+        self.sockets_read = 0.0
 
     def _keep(self, flow: FlowRecord) -> None:
         """Queue a flow record a detector wants; send when enough are queued."""
@@ -211,7 +215,12 @@ class _Worker:
     def flush(self) -> None:
         """Send queued flow records and the counters since the last flush."""
         self._send_flows()
-        self.conn.send(("report", _take_report(self.pipeline.stats, self.listener)))
+        now = time.monotonic()
+        sockets = now - self.sockets_read >= SOCKET_STATS_SECONDS
+        if sockets:
+            self.sockets_read = now
+        report = _take_report(self.pipeline.stats, self.listener, sockets)
+        self.conn.send(("report", report))
 
     def control(self) -> None:
         """Apply the detecting process's messages: watched sources, reloads, stop."""
@@ -249,8 +258,9 @@ class _Worker:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, lambda: None)
         loop.add_reader(self.conn.fileno(), self.control)
-        self.listener.start(loop, sockets)
+        # Templates first, so that the first data packet decodes at once.
         self.pipeline.load_state()
+        self.listener.start(loop, sockets)
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), FLUSH_SECONDS)
@@ -456,7 +466,8 @@ class WorkerPool:
         self.denied += report.denied
         self.denied_sources.update(report.denied_sources)
         self.proxy.errors.update(report.proxy_errors)
-        child.sockets = report.sockets
+        if report.sockets is not None:
+            child.sockets = report.sockets
 
     def _tell(self, message: tuple[Any, ...]) -> None:
         """Send a control message to every worker still running."""
