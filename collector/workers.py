@@ -180,6 +180,7 @@ class _Worker:
         config: Config,
         pipeline: Pipeline,
         conn: Connection,
+        allowlist: Allowlist | None,
     ) -> None:
         """Wire the worker's pipeline to its connection; no I/O."""
         self.index = index
@@ -192,9 +193,7 @@ class _Worker:
             [],
             config.receive_buffer_bytes,
             pipeline.feed,
-            None
-            if config.allowed_exporters is None
-            else Allowlist(config.allowed_exporters),
+            allowlist,
             ProxyProtocol(config.proxy_protocol_from),
         )
         self.stop = asyncio.Event()
@@ -282,6 +281,7 @@ def _worker_main(
     sockets: list[socket.socket],
     conn: Connection,
     decoder: Callable[[Config], Any],
+    allowlist: Allowlist | None,
 ) -> int:
     """Run one worker to the end (in the forked child); return its exit code."""
     rules = TimeRules(tolerance_ms=int(config.time_tolerance_seconds * 1000))
@@ -292,7 +292,7 @@ def _worker_main(
         pipeline.keep_state(
             path.with_name(f"{path.name}.worker{index}"), config.state_save_seconds
         )
-    worker = _Worker(index, config, pipeline, conn)
+    worker = _Worker(index, config, pipeline, conn, allowlist)
     try:
         asyncio.run(worker.serve(sockets))
     except (BrokenPipeError, ConnectionResetError):
@@ -393,7 +393,13 @@ class WorkerPool:
                 code = 1
                 try:
                     code = _worker_main(
-                        index, self.config, stands, groups[index], theirs, self.decoder
+                        index,
+                        self.config,
+                        stands,
+                        groups[index],
+                        theirs,
+                        self.decoder,
+                        self._allowlist,
                     )
                 finally:
                     logging.shutdown()
