@@ -31,6 +31,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType
@@ -40,6 +41,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from collector.sinks import Sink
+from detectors.events import flow_document
 from schemas.event import Document
 from schemas.flow import FlowRecord
 
@@ -75,8 +77,15 @@ _DERIVED = {"packets_scaled", "bytes_scaled"}
 
 
 def encode(flow: FlowRecord) -> bytes:
-    """Serialise a flow record as compact JSON."""
-    return flow.model_dump_json(exclude=_DERIVED).encode()
+    """Serialise a flow record as compact JSON (its form in events' samples).
+
+    Built from the same document events carry, about five times faster than
+    pydantic's dump; every node publishes each flow its detectors want.
+    """
+    document = flow_document(flow)
+    for name in _DERIVED:
+        del document[name]
+    return orjson.dumps(document)
 
 
 def decode(data: bytes) -> FlowRecord:
@@ -131,13 +140,18 @@ class Cluster:
 
     def publish(self, flow: FlowRecord) -> None:
         """Queue one local observation for every other node."""
+        data = encode(flow)
         with self._lock:
+            idle = not self._held
             self._sequence += 1
-            self._held.append((f"{self.node}-{self._sequence}", encode(flow)))
+            self._held.append((f"{self.node}-{self._sequence}", data))
             if len(self._held) > MAX_HELD:
                 self._held.popleft()
                 self.counters["observations_dropped"] += 1
-        self._poke()
+        # The sender checks the queue before it waits: one that holds
+        # something already has it awake.
+        if idle:
+            self._poke()
 
     def claim(self, event: Document, write: Callable[[Document], None]) -> None:
         """Queue an event; ``write`` runs (on the NATS thread) if this node wins it."""

@@ -8,12 +8,14 @@ a key-value bucket, so together they write what one collector would write.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from collector.cluster import decode, encode
 from tests.nats import NatsServer
 from tests.ops import metrics_address, sample, scrape, wait_for
 from tests.packets import (
@@ -24,6 +26,7 @@ from tests.packets import (
     u16,
     u32,
 )
+from tests.test_detectors_cups import make_flow
 from tools.runner import CollectorProcess, send_payloads
 
 CALLBACK = "cups_browsed_callback"
@@ -175,3 +178,14 @@ def test_nats_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
     assert len(callbacks) == 1, callbacks
     assert "observations_unsent=0" in a.stderr
     assert "observations_unsent=0" in b.stderr
+
+
+def test_observations_round_trip_whole() -> None:
+    """What a node publishes is the flow record another node rebuilds."""
+    flow = make_flow("10.1.0.5", "2001:db8::9", sampling=100).model_copy(
+        update={"next_hop": ipaddress.ip_address("192.0.2.254"), "tcp_flags": 0x12}
+    )
+    flow.fields["e9.12235"] = "ff00"
+    back = decode(encode(flow))
+    assert back == flow
+    assert back.packets_scaled == flow.packets_scaled == 300
