@@ -164,6 +164,11 @@ class Cluster:
                 old_write(old)
         self._poke()
 
+    def claim_room(self) -> int:
+        """Return how many more event claims may wait."""
+        with self._lock:
+            return MAX_CLAIMS - len(self._claims)
+
     def take(self) -> list[FlowRecord]:
         """Return the other nodes' observations received since the last call."""
         with self._lock:
@@ -425,6 +430,14 @@ class ClaimingSink:
         """Wrap the node's own outputs; no I/O."""
         self.inner = inner
         self.cluster = cluster
+
+    def room(self) -> int | None:
+        """Return what the claim queue and the outputs behind it still take."""
+        inner = getattr(self.inner, "room", None)
+        rooms = [self.cluster.claim_room()]
+        if inner is not None and (outputs := inner()) is not None:
+            rooms.append(outputs)
+        return min(rooms)
 
     def write(self, event: Document) -> None:
         """Queue the event's claim; never blocks."""

@@ -8,6 +8,7 @@ replay with the capture's own timestamps.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -43,8 +44,12 @@ EXPIRE_EVERY = 10.0
 LOOKBACK_MAX_ROWS = 100_000
 
 # Closed windows waiting to be written as events, past which they are written
-# at once whatever the cost to decoding (bounds memory in a flood of findings).
+# at once whatever the outputs can take (bounds memory in a flood of findings;
+# what an output cannot queue it drops and counts).
 MAX_PENDING_EVENTS = 100_000
+# How long writing waits for an output's queue to have room, where writing
+# may wait (a replay, shutdown), before writing anyway.
+ROOM_WAIT_SECONDS = 30.0
 
 # A failing detector logs its first error, then at most one line per this many
 # clock seconds with the count since.
@@ -87,6 +92,7 @@ class Pipeline:
         self._last_close = 0.0
         self._last_expire = 0.0
         self._state: tuple[Path, float] | None = None
+        self._state_base: Path | None = None
         self._last_save = 0.0
         self._clock = 0.0
         # Closed windows not yet written. With a ``wake`` hook (the live
@@ -149,16 +155,31 @@ class Pipeline:
         if self._state is not None and self._clock - self._last_save >= self._state[1]:
             self.save_state()
 
-    def keep_state(self, path: Path, every: float) -> None:
-        """Keep templates and options in a state file, saved every few seconds."""
-        self._state = (path, every)
+    def keep_state(self, path: Path, every: float, base: Path | None = None) -> None:
+        """Keep templates and options in a state file, saved every few seconds.
 
-    def load_state(self) -> int:
-        """Restore saved templates and options (at start, before any datagram)."""
+        ``base`` is the configured path when ``path`` is a worker's own file.
+        """
+        self._state = (path, every)
+        self._state_base = base or path
+
+    def load_state(self, keep: Callable[[str], bool] | None = None) -> int:
+        """Restore saved templates and options (at start, before any datagram).
+
+        The files other process layouts saved beside this one are read too
+        (never set aside: they are not this process's), for the exporters
+        ``keep`` picks, so a change of ``--workers`` keeps what was learned.
+        """
         if self._state is None:
             return 0
         self._last_save = self._clock
-        return state_file.load(self._state[0], self.decoder, self.options)
+        own = self._state[0]
+        restored = state_file.load(own, self.decoder, self.options, keep)
+        for other in state_file.others(self._state_base or own, own):
+            restored += state_file.load(
+                other, self.decoder, self.options, keep, set_aside=False
+            )
+        return restored
 
     def save_state(self) -> None:
         """Write templates and options atomically; a failure is logged, not fatal."""
@@ -176,7 +197,7 @@ class Pipeline:
     def flush(self) -> None:
         """Close every window and emit its event (shutdown, end of replay)."""
         self._emit(self.windows.flush())
-        self.write_pending()
+        self._write_all()
         for sink in self.sinks:
             sink.close()
 
@@ -332,17 +353,45 @@ class Pipeline:
         was_empty = not self.pending
         self.pending.extend((window, now) for window in windows)
         if self.wake is None:
-            self.write_pending()
+            self._write_all()
             return
         if len(self.pending) > MAX_PENDING_EVENTS:
-            self.write_pending(len(self.pending) - MAX_PENDING_EVENTS)
+            self.write_pending(len(self.pending) - MAX_PENDING_EVENTS, force=True)
         if was_empty:
             self.wake()
 
-    def write_pending(self, limit: int | None = None) -> int:
-        """Write up to ``limit`` waiting events (default all); return how many wait."""
+    def _write_all(self) -> None:
+        """Write every waiting event, waiting for the outputs to make room."""
+        deadline = time.monotonic() + ROOM_WAIT_SECONDS
+        while self.pending:
+            before = len(self.pending)
+            if self.write_pending() == before:
+                if time.monotonic() >= deadline:
+                    self.write_pending(force=True)
+                    return
+                time.sleep(0.01)
+
+    def room(self) -> int | None:
+        """Return how many events the sinks take now (None: no limit)."""
+        rooms = []
+        for sink in self.sinks:
+            # Sinks without queues (tests, counting) take everything.
+            room = getattr(sink, "room", None)
+            if room is not None and (value := room()) is not None:
+                rooms.append(value)
+        return min(rooms) if rooms else None
+
+    def write_pending(self, limit: int | None = None, force: bool = False) -> int:
+        """Write up to ``limit`` waiting events (default all); return how many wait.
+
+        Unless forced, no more than the sinks have room for: a burst waits
+        here rather than overflow an output's queue.
+        """
         pending = self.pending
         count = len(pending) if limit is None else min(limit, len(pending))
+        room = None if force else self.room()
+        if room is not None:
+            count = min(count, max(room, 0))
         seconds = self.windows.settings.seconds
         for _ in range(count):
             window, now = pending.popleft()

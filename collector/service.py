@@ -50,6 +50,8 @@ TICK_SECONDS = 1.0
 # costs some 50 microseconds, so a turn stays within a few milliseconds and the
 # sockets are read between turns.
 EVENTS_PER_TURN = 64
+# How long waiting events wait for an output's full queue before trying again.
+OUTPUT_WAIT_SECONDS = 0.01
 
 # Settings that SIGHUP applies; any other change waits for a restart.
 RELOADED = frozenset({"internal_networks", "allowed_exporters"})
@@ -281,8 +283,18 @@ class Service:
         loop.call_soon(self._write_events, loop)
 
     def _write_events(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Write a slice of the waiting events; come back next turn for more."""
-        if self.pipeline.write_pending(EVENTS_PER_TURN):
+        """Write a slice of the waiting events; come back next turn for more.
+
+        When the outputs' queues are full, come back once they had time to
+        deliver some.
+        """
+        before = len(self.pipeline.pending)
+        if not before:
+            return
+        left = self.pipeline.write_pending(EVENTS_PER_TURN)
+        if left == before:
+            loop.call_later(OUTPUT_WAIT_SECONDS, self._write_events, loop)
+        elif left:
             loop.call_soon(self._write_events, loop)
 
     def _tick(self) -> None:

@@ -9,9 +9,11 @@ and never fatal.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -125,11 +127,37 @@ def save(path: Path, decoder: Decoder, options: OptionsStore) -> None:
         os.close(directory)
 
 
-def load(path: Path, decoder: Decoder, options: OptionsStore) -> int:
-    """Load saved state into an empty decoder; return the templates restored.
+def worker_path(base: Path, index: int) -> Path:
+    """Return the state file of worker ``index`` (``--workers``)."""
+    return base.with_name(f"{base.name}.worker{index}")
+
+
+def others(base: Path, own: Path) -> list[Path]:
+    """Return the state files of other process layouts saved beside ``own``.
+
+    One process saves ``base``, worker *i* ``base.worker<i>``; after a change
+    of ``--workers`` an exporter's templates may sit in any of them.
+    """
+    found = [base, *sorted(base.parent.glob(f"{glob.escape(base.name)}.worker*"))]
+    return [
+        path
+        for path in found
+        if path != own and ".corrupt-" not in path.name and path.is_file()
+    ]
+
+
+def load(
+    path: Path,
+    decoder: Decoder,
+    options: OptionsStore,
+    keep: Callable[[str], bool] | None = None,
+    set_aside: bool = True,
+) -> int:
+    """Load saved state into a decoder; return the templates restored.
 
     A missing file is a first start. An unreadable or invalid one is renamed
-    aside with a warning, and flowtrap starts empty.
+    aside with a warning (unless ``set_aside`` is false: another process owns
+    it), and flowtrap starts empty. ``keep`` picks the exporters to restore.
     """
     try:
         size = path.stat().st_size
@@ -140,6 +168,8 @@ def load(path: Path, decoder: Decoder, options: OptionsStore) -> int:
             raise ValueError(f"{size} bytes is more than a state file can hold")
         state = StateFile.model_validate(orjson.loads(path.read_bytes()))
     except (OSError, ValueError, ValidationError) as error:
+        if not set_aside:
+            return 0
         aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
         os.replace(path, aside)
         log.warning(
@@ -151,13 +181,20 @@ def load(path: Path, decoder: Decoder, options: OptionsStore) -> int:
             },
         )
         return 0
-    return _restore(state, decoder, options)
+    return _restore(state, decoder, options, keep)
 
 
-def _restore(state: StateFile, decoder: Decoder, options: OptionsStore) -> int:
+def _restore(
+    state: StateFile,
+    decoder: Decoder,
+    options: OptionsStore,
+    keep: Callable[[str], bool] | None,
+) -> int:
     """Put validated state into the decoder and options store."""
     restored = 0
     for saved in state.exporters:
+        if keep is not None and not keep(saved.address):
+            continue
         exporter = decoder.store.exporter(saved.address, saved.port)
         if exporter is None:
             break
@@ -175,6 +212,8 @@ def _restore(state: StateFile, decoder: Decoder, options: OptionsStore) -> int:
             if decoder.store.learn(exporter, key, layout, template.refreshed):
                 restored += 1
     for entry in state.options:
+        if keep is not None and not keep(entry.exporter):
+            continue
         options.restore(
             entry.exporter,
             entry.domain,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -45,6 +46,7 @@ from collector.listener import Listener, SocketStats, bound, open_socket
 from collector.pipeline import Pipeline
 from collector.proxy import ProxyProtocol
 from collector.records import TimeRules
+from collector.state import worker_path
 from collector.stats import Stats
 from detectors.base import Detector, Interest, Rule, SourceWatch
 from detectors.windows import Windows
@@ -72,6 +74,12 @@ SOCKET_STATS_SECONDS = 1.0
 FLOWS_PER_MESSAGE = 512
 # How long a worker may take to drain its sockets and say goodbye at shutdown.
 STOP_SECONDS = 30.0
+
+
+def steered(address: str, workers: int) -> int:
+    """Return the worker the steering program picks for a source address."""
+    packed = ipaddress.ip_address(address).packed
+    return int.from_bytes(packed[-4:], "big") % workers
 
 
 def steer_by_source(sock: socket.socket, workers: int) -> None:
@@ -198,6 +206,8 @@ class _Worker:
         )
         self.stop = asyncio.Event()
         self.sockets_read = 0.0
+        # Which exporters' saved templates this worker restores.
+        self.keep: Callable[[str], bool] | None = None
 
     def _keep(self, flow: FlowRecord) -> None:
         """Queue a flow record a detector wants; send when enough are queued."""
@@ -258,7 +268,7 @@ class _Worker:
             loop.add_signal_handler(signum, lambda: None)
         loop.add_reader(self.conn.fileno(), self.control)
         # Templates first, so that the first data packet decodes at once.
-        self.pipeline.load_state()
+        self.pipeline.load_state(self.keep)
         self.listener.start(loop, sockets)
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -288,11 +298,14 @@ def _worker_main(
     standins: list[Detector] = [StandIn(stand) for stand in stands]
     pipeline = Pipeline(decoder(config), standins, Windows(), [], rules)
     if config.state_file is not None:
-        path = Path(config.state_file)
-        pipeline.keep_state(
-            path.with_name(f"{path.name}.worker{index}"), config.state_save_seconds
-        )
+        base = Path(config.state_file)
+        pipeline.keep_state(worker_path(base, index), config.state_save_seconds, base)
     worker = _Worker(index, config, pipeline, conn, allowlist)
+    # Behind a balancer every datagram comes from its address, whatever
+    # exporter the header names: then any exporter may land here.
+    if config.proxy_protocol_from is None:
+        workers = config.workers
+        worker.keep = lambda address: steered(address, workers) == index
     try:
         asyncio.run(worker.serve(sockets))
     except (BrokenPipeError, ConnectionResetError):
@@ -308,6 +321,7 @@ class _Child:
     pid: int
     conn: Connection
     done: bool = False
+    gone: bool = False
     sockets: list[SocketStats] = field(default_factory=list)
 
 
@@ -444,6 +458,7 @@ class WorkerPool:
             while child.conn.poll():
                 self._handle(child, child.conn.recv())
         except (EOFError, OSError):
+            child.gone = True
             if self._loop is not None:
                 self._loop.remove_reader(child.conn.fileno())
             if not child.done:
@@ -505,15 +520,15 @@ class WorkerPool:
         self._tell(("stop",))
         deadline = time.monotonic() + STOP_SECONDS
         for child in self.children:
-            while not child.done:
+            while not child.done and not child.gone:
                 left = deadline - time.monotonic()
                 try:
                     if left <= 0 or not child.conn.poll(left):
                         break
                     self._handle(child, child.conn.recv())
                 except (EOFError, OSError):
-                    break
-            if not child.done:
+                    child.gone = True
+            if not child.done and not child.gone:
                 log.error("worker did not stop; killed", extra={"worker": child.index})
                 os.kill(child.pid, signal.SIGKILL)
             os.waitpid(child.pid, 0)

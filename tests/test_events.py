@@ -359,3 +359,40 @@ def test_pipelines_with_different_detectors_share_layouts_but_not_sieves() -> No
         pipeline.flush()
     assert watcher.seen == 0
     assert sink.documents, "the egress detector saw the UDP/631 flows"
+
+
+class Narrow(KeepDocuments):
+    """A sink with a queue of its own: it takes only what it has room for."""
+
+    def __init__(self, room: int) -> None:
+        """Start with room for ``room`` events."""
+        super().__init__()
+        self.free = room
+
+    def room(self) -> int:
+        """Return the room left."""
+        return self.free
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Keep one event, using room."""
+        assert self.free > 0, "written past the room it had"
+        self.free -= 1
+        super().write(event)
+
+
+def test_waiting_events_are_held_back_while_an_output_is_full() -> None:
+    """Events wait in the pipeline rather than overflow an output's queue."""
+    sink = Narrow(room=3)
+    pipeline = Pipeline(Decoder(), build(ALL, context()), Windows(), [sink])
+    pipeline.wake = lambda: None
+    pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS, export(template=True)))
+    for n, data in enumerate(session()):
+        pipeline.feed(Datagram("192.0.2.1", 2055, EXPORT_SECS + n, data))
+    pipeline.advance(EXPORT_SECS + 3600)
+    waiting = len(pipeline.pending)
+    assert waiting > 3
+    assert pipeline.write_pending(64) == waiting - 3
+    assert pipeline.write_pending(64) == waiting - 3
+    sink.free = 100
+    assert pipeline.write_pending(64) == 0
+    assert len(sink.documents) == waiting

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.packets import FIVE_TUPLE_FIELDS, five_tuple, flowset, ipfix, template_record
 from tools.runner import CollectorProcess, send_payloads
@@ -50,3 +53,30 @@ def test_templates_learned_over_tcp_survive_a_restart(tmp_path: Path) -> None:
         events = second.stop()
     assert [e["destination"]["ip"] for e in events] == ["203.0.113.10"]
     assert "state loaded" in second.stderr + second.started or events
+
+
+@pytest.mark.parametrize("workers", [("2", "3"), ("3", "1"), ("1", "2")])
+def test_templates_survive_a_change_in_the_number_of_workers(
+    tmp_path: Path, workers: tuple[str, str]
+) -> None:
+    """Templates saved by one process layout decode data under another."""
+    state = tmp_path / "state.json"
+    exporters = [f"127.0.0.{n}" for n in range(2, 7)]
+    before, after = workers
+
+    def run(name: str, count: str, packets: list[bytes]) -> list[dict[str, Any]]:
+        flags = ["--state-file", str(state), "--workers", count]
+        with CollectorProcess(tmp_path / f"{name}.jsonl", flags) as collector:
+            for exporter in exporters:
+                asyncio.run(send_payloads(packets, collector.port, exporter))
+            return collector.stop()
+
+    # The packets' times are old, so a window may close and reopen between
+    # exporters: count flows, not events.
+    for name, count, packets in (
+        ("first", before, [TEMPLATE, EGRESS]),
+        ("second", after, [EGRESS]),
+    ):
+        events = run(name, count, packets)
+        assert sum(e["flowtrap"]["flows"] for e in events) == len(exporters), name
+        assert {ip for e in events for ip in e["observer"]["ip"]} == set(exporters)

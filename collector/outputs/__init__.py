@@ -63,6 +63,11 @@ class Outputs:
         for output in self.outputs:
             output.submit(message)
 
+    def room(self) -> int | None:
+        """Return what the fullest working output still takes (None: no limit)."""
+        rooms = [r for r in (output.room() for output in self.outputs) if r is not None]
+        return min(rooms) if rooms else None
+
     def reopen(self) -> None:
         """Begin new event files (SIGHUP)."""
         for output in self.outputs:

@@ -91,6 +91,17 @@ class QueuedOutput:
         """Return how many messages wait."""
         return self._queue.qsize()
 
+    def room(self) -> int | None:
+        """Return how many more messages fit, or None while the output is down.
+
+        The pipeline holds events back rather than overflow a working output;
+        an output that cannot deliver takes (and drops, counted) what comes,
+        so that it never holds back the others.
+        """
+        if self._complained:
+            return None
+        return self._queue.maxsize - self._queue.qsize()
+
     def stop(self) -> None:
         """Deliver what is queued (for at most the drain time), then close."""
         self._deadline = time.monotonic() + self.settings.drain
