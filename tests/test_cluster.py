@@ -15,6 +15,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.cluster import decode, encode
 from tests.nats import NatsServer
 from tests.ops import metrics_address, sample, scrape, wait_for
@@ -57,10 +59,11 @@ def send(port: int, packets: list[bytes]) -> None:
 
 @contextmanager
 def nodes(
-    tmp_path: Path, url: str, count: int, detectors: str
+    tmp_path: Path, url: str, count: int, detectors: str, workers: str = "1"
 ) -> Iterator[list[CollectorProcess]]:
     """Start ``count`` nodes joined through ``url``, each with metrics."""
     extra = ["--detectors", detectors, "--metrics", "127.0.0.1:0", "--cluster", url]
+    extra += ["--workers", workers]
     with ExitStack() as stack:
         started = [
             stack.enter_context(CollectorProcess(tmp_path / f"node{i}.jsonl", extra))
@@ -96,15 +99,19 @@ def by_rule(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e["rule"]["name"] == name]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_probe_on_one_node_and_callback_on_another_raise_one_event(
-    tmp_path: Path,
+    tmp_path: Path, workers: str
 ) -> None:
-    """The probe goes to node A, the callback to node B: one callback event."""
+    """The probe goes to node A, the callback to node B: one callback event.
+
+    With workers, what a node's workers decode is shared like its own.
+    """
     now = int(time.time())
     probe = five_tuple(PROBER, VICTIM, 40001, 631)
     callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
     server = NatsServer(tmp_path / "nats")
-    with server, nodes(tmp_path, server.url, 2, CALLBACK) as (a, b):
+    with server, nodes(tmp_path, server.url, 2, CALLBACK, workers) as (a, b):
         send(a.port, [export_packet([probe], now)])
         send(b.port, [export_packet([callback], now + 1)])
         wait_for(
