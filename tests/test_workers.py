@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from collector.capture import read_capture
-from collector.workers import steer_by_source
+from collector.steering import steer_by_source
 from tests.conftest import EXPORT_CAPTURES, EXPORTS
 from tests.ops import (
     exporter_packets,
