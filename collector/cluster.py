@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import uuid
@@ -34,7 +35,13 @@ import nats.js.errors
 import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    StorageType,
+)
 from nats.js.kv import KeyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -56,6 +63,8 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 # Observations held while NATS is unreachable; one is about 600 bytes, so
 # the cap is about 60 MB. Past it the oldest goes, counted.
 MAX_HELD = 100_000
+# Observations published before their acknowledgements are awaited.
+PUBLISH_WINDOW = 256
 # Events waiting for their claim; an event is about 3 kB.
 MAX_CLAIMS = 10_000
 # Received observations waiting for the pipeline to take them.
@@ -304,22 +313,49 @@ class Cluster:
                 return
             try:
                 if observation is not None:
-                    await self._publish(js, *observation)
+                    await self._publish(js)
                 elif claim is not None:
                     await self._settle(kv, *claim)
             except _UNREACHABLE:
                 self.counters["send_retries"] += 1
                 await self._nap()
 
-    async def _publish(self, js: JetStreamContext, msg_id: str, data: bytes) -> None:
-        """Publish one observation; JetStream drops a repeat of its id."""
-        headers = {MSG_ID_HEADER: msg_id, NODE_HEADER: self.node}
-        ack = await js.publish(
-            SUBJECT, data, timeout=REQUEST_TIMEOUT, stream=STREAM, headers=headers
-        )
+    async def _publish(self, js: JetStreamContext) -> None:
+        """Publish the oldest held observations together; keep them until acked.
+
+        Up to PUBLISH_WINDOW go out before the first acknowledgement is
+        awaited (one round trip each cost a node most of its rate). A batch
+        that fails is sent again whole: JetStream drops a repeat of an id.
+        """
         with self._lock:
-            self._held.popleft()
-        self.counters["observations_duplicate" if ack.duplicate else "published"] += 1
+            batch = list(itertools.islice(self._held, PUBLISH_WINDOW))
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for msg_id, data in batch:
+                headers = {MSG_ID_HEADER: msg_id, NODE_HEADER: self.node}
+                futures.append(
+                    await js.publish_async(
+                        SUBJECT,
+                        data,
+                        wait_stall=REQUEST_TIMEOUT,
+                        stream=STREAM,
+                        headers=headers,
+                    )
+                )
+            acks = await asyncio.wait_for(asyncio.gather(*futures), REQUEST_TIMEOUT)
+        finally:
+            # An answer that never comes must not hold the client's slot.
+            for future in futures:
+                future.cancel()
+        sent = {msg_id for msg_id, _ in batch}
+        with self._lock:
+            # By id: the oldest may have been dropped (held cap) meanwhile.
+            while self._held and self._held[0][0] in sent:
+                self._held.popleft()
+        for ack in acks:
+            self.counters[
+                "observations_duplicate" if ack.duplicate else "published"
+            ] += 1
 
     async def _settle(
         self, kv: KeyValue, event: Document, write: Callable[[Document], None]
