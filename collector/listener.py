@@ -31,6 +31,8 @@ MAX_DATAGRAM = 65_535
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # Datagrams read per wakeup before yielding to the loop (signals, timers).
 DRAIN_BATCH = 512
+# At stop, how long the sockets are read for what the kernel still holds.
+STOP_DRAIN_SECONDS = 2.0
 # Denied source addresses remembered for the log; the rest are only counted.
 MAX_DENIED_SOURCES = 256
 # The kernel's table of UDP sockets, with each socket's receive-queue drops.
@@ -181,11 +183,16 @@ class Listener:
             loop.add_reader(sock.fileno(), self._drain, sock)
 
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Stop reading, decode what the kernel still holds, close the sockets."""
+        """Stop reading, decode what the kernel still holds, close the sockets.
+
+        The drain is bounded in time: exporters that keep sending must not
+        keep a stopping collector alive.
+        """
         for sock in self.sockets:
             loop.remove_reader(sock.fileno())
+        deadline = time.monotonic() + STOP_DRAIN_SECONDS
         for sock in self.sockets:
-            while self._drain(sock):
+            while self._drain(sock) and time.monotonic() < deadline:
                 pass
             sock.close()
         self.sockets.clear()

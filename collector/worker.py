@@ -160,7 +160,14 @@ class _Worker:
         """Send the queued flow records to the detecting process."""
         if self.outbox:
             flows, self.outbox = self.outbox, []
-            self.conn.send(("flows", flows))
+            self._send(("flows", flows))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send one message; if the detecting process is gone, stop."""
+        try:
+            self.conn.send(message)
+        except OSError:
+            self.stop.set()
 
     def flush(self) -> None:
         """Send queued flow records and the counters since the last flush."""
@@ -170,7 +177,7 @@ class _Worker:
         if sockets:
             self.sockets_read = now
         report = _take_report(self.pipeline.stats, self.listener, sockets)
-        self.conn.send(("report", report))
+        self._send(("report", report))
 
     def control(self) -> None:
         """Apply the detecting process's messages: watched sources, reloads, stop."""
@@ -222,7 +229,7 @@ class _Worker:
         self.pipeline.advance(time.time())
         self.pipeline.save_state()
         self.flush()
-        self.conn.send(("done",))
+        self._send(("done",))
 
 
 def run_worker(

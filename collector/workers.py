@@ -15,16 +15,19 @@ whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from collector.allowlist import Allowlist
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # How long a worker may take to drain its sockets and say goodbye at shutdown.
 STOP_SECONDS = 30.0
+# Messages taken from one worker per turn of the event loop.
+MESSAGES_PER_TURN = 64
 
 
 @dataclass(slots=True)
@@ -91,6 +96,10 @@ class WorkerPool:
         self._addresses: list[str] = []
         self._versions: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: queue.SimpleQueue[tuple[_Child, tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._sender: threading.Thread | None = None
         pipeline.on_fresh = self._fresh
 
     @property
@@ -174,15 +183,37 @@ class WorkerPool:
         return members
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read every worker's messages from now on."""
+        """Read every worker's messages from now on, and send from a thread."""
         self._loop = loop
         for child in self.children:
             loop.add_reader(child.conn.fileno(), self._receive, child)
+        self._sender = threading.Thread(
+            target=self._send_all, name="worker control", daemon=True
+        )
+        self._sender.start()
+
+    def _send_all(self) -> None:
+        """Send queued control messages, each worker's in order (sender thread).
+
+        Sending can block while a worker is busy sending its own flow records;
+        the event loop must meanwhile keep reading them, or both would wait
+        on each other for good.
+        """
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            child, message = item
+            with contextlib.suppress(OSError):
+                child.conn.send(message)
 
     def _receive(self, child: _Child) -> None:
         """Take what one worker sent; a worker gone early stops the collector."""
         try:
-            while child.conn.poll():
+            # A bounded turn: one busy worker must not starve the others.
+            for _ in range(MESSAGES_PER_TURN):
+                if not child.conn.poll():
+                    break
                 self._handle(child, child.conn.recv())
         except (EOFError, OSError):
             child.gone = True
@@ -218,14 +249,10 @@ class WorkerPool:
             child.sockets = report.sockets
 
     def _tell(self, message: tuple[Any, ...]) -> None:
-        """Send a control message to every worker still running."""
+        """Queue a control message for every worker still running; never blocks."""
         for child in self.children:
-            if child.done:
-                continue
-            try:
-                child.conn.send(message)
-            except OSError:
-                continue
+            if not child.done and not child.gone:
+                self._outbox.put((child, message))
 
     def _fresh(self, index: int, fresh: set[bytes]) -> None:
         """Tell the workers about newly watched sources, to look back for."""
@@ -243,23 +270,29 @@ class WorkerPool:
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Tell every worker to stop, take all they still send, and reap them."""
         for child in self.children:
-            loop.remove_reader(child.conn.fileno())
+            if not child.gone:
+                loop.remove_reader(child.conn.fileno())
         self._tell(("stop",))
         deadline = time.monotonic() + STOP_SECONDS
-        for child in self.children:
-            while not child.done and not child.gone:
-                left = deadline - time.monotonic()
+        waiting = {c.conn: c for c in self.children if not c.done and not c.gone}
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for conn in wait(list(waiting), left):
+                child = waiting[conn]  # type: ignore[index]
                 try:
-                    if left <= 0 or not child.conn.poll(left):
-                        break
                     self._handle(child, child.conn.recv())
                 except (EOFError, OSError):
                     child.gone = True
+                if child.done or child.gone:
+                    del waiting[conn]  # type: ignore[arg-type]
+        for child in self.children:
             if not child.done and not child.gone:
                 log.error("worker did not stop; killed", extra={"worker": child.index})
                 os.kill(child.pid, signal.SIGKILL)
             os.waitpid(child.pid, 0)
             child.conn.close()
+        self._outbox.put(None)
+        if self._sender is not None:
+            self._sender.join(STOP_SECONDS)
 
     def socket_stats(self) -> list[SocketStats]:
         """Return each listen address's kernel counters, summed over the workers."""

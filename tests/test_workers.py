@@ -198,3 +198,55 @@ def test_metrics_add_up_the_workers_counts(tmp_path: Path) -> None:
     listen = f"127.0.0.1:{collector.port}"
     assert sample(samples, "flowtrap_socket_receive_drops_total", listen=listen) == 0
     assert sample(samples, "flowtrap_socket_receive_buffer_bytes", listen=listen) > 0
+
+
+@pytest.mark.exporter
+def test_a_fast_probe_sweep_never_stalls_the_workers(tmp_path: Path) -> None:
+    """40,000 probed hosts in under a second: every one watched, nothing stuck.
+
+    Each probe makes the callback detector watch a host, which the detecting
+    process tells the workers while they send it flow records: neither side
+    may wait on the other.
+    """
+    count = 40_000
+    now = int(time.time())
+    probes = [
+        five_tuple(
+            f"203.0.113.{n % 50 + 1}",
+            f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}",
+            40000,
+            631,
+        )
+        for n in range(count)
+    ]
+    packets = [export_packet(probes[i : i + 30], now) for i in range(0, count, 30)]
+    flags = [
+        "--workers",
+        "2",
+        "--detectors",
+        "cups_browsed_callback,cups_browsed_external_internal",
+        "--metrics",
+        "127.0.0.1:0",
+    ]
+    with CollectorProcess(tmp_path / "events.jsonl", flags, timeout=60) as collector:
+        address = metrics_address(collector.started)
+        senders = []
+        for n in range(4):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.bind((f"127.0.0.{n + 2}", 0))
+            senders.append(sender)
+        try:
+            for n, packet in enumerate(packets):
+                senders[n % 4].sendto(packet, ("127.0.0.1", collector.port))
+                if n % 50 == 49:
+                    time.sleep(0.005)
+        finally:
+            for sender in senders:
+                sender.close()
+        probe = "cups_browsed_external_internal"
+        scrape_until(
+            address,
+            lambda s: sample(s, "flowtrap_findings_total", detector=probe) >= count,
+            what="a finding for every probe",
+        )
+        collector.stop()
