@@ -9,6 +9,7 @@ per datagram; measured here that is several times faster than a
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -70,8 +71,18 @@ def open_socket(
         sock.bind((host, port))
     except OSError as error:
         sock.close()
+        if error.errno == errno.EADDRINUSE:
+            advice = "another program listens there; pick a free port"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            advice = "that address is not on this host; use one of its addresses"
+        elif error.errno == errno.EACCES:
+            advice = "ports under 1024 need CAP_NET_BIND_SERVICE; pick a higher one"
+        elif error.errno == errno.EINVAL:
+            advice = "use an IPv4 address or a plain IPv6 one (not IPv4-mapped)"
+        else:
+            advice = "check the address"
         raise OSError(
-            f"cannot listen on {endpoint}: {error.strerror}; pick a free port "
+            f"cannot listen on {endpoint}: {error.strerror}; {advice} "
             "with --listen HOST:PORT"
         ) from error
     sock.setblocking(False)

@@ -305,6 +305,11 @@ class Service:
         self.pipeline.advance(time.time())
         self.reporter.report()
         self.listener.proxy.report()
+        if isinstance(self.listener, WorkerPool) and (silent := self.listener.silent()):
+            # Left to go stale, /healthz then fails and says the collector is
+            # not taking traffic.
+            log.warning("workers not reporting", extra={"workers": silent})
+            return
         self.health.beat()
 
     def _take_observations(self) -> None:

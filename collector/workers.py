@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 STOP_SECONDS = 30.0
 # Messages taken from one worker per turn of the event loop.
 MESSAGES_PER_TURN = 64
+# A worker that has not reported for this long is stuck: /healthz fails.
+SILENT_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -54,6 +56,8 @@ class _Child:
     conn: Connection
     done: bool = False
     gone: bool = False
+    # When its last report came (monotonic seconds).
+    heard: float = field(default_factory=time.monotonic)
     sockets: list[SocketStats] = field(default_factory=list)
 
 
@@ -166,6 +170,10 @@ class WorkerPool:
     def _group(self, endpoint: str, count: int) -> list[socket.socket]:
         """Bind ``count`` sockets on one address, steered by source address."""
         buffer = self.config.receive_buffer_bytes
+        # SO_REUSEPORT lets any process of this user join a group: bind once
+        # without it first, so that another collector on the address is an
+        # error here as it is for one process, instead of a silent share.
+        open_socket(endpoint, buffer).close()
         first = open_socket(endpoint, buffer, reuse_port=True)
         members = [first]
         try:
@@ -247,6 +255,16 @@ class WorkerPool:
         self.proxy.errors.update(report.proxy_errors)
         if report.sockets is not None:
             child.sockets = report.sockets
+        child.heard = time.monotonic()
+
+    def silent(self) -> list[int]:
+        """Return the workers that have not reported for SILENT_SECONDS."""
+        limit = time.monotonic() - SILENT_SECONDS
+        return [
+            child.index
+            for child in self.children
+            if not child.done and not child.gone and child.heard < limit
+        ]
 
     def _tell(self, message: tuple[Any, ...]) -> None:
         """Queue a control message for every worker still running; never blocks."""

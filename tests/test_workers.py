@@ -13,6 +13,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,14 +24,16 @@ import pytest
 
 from collector.capture import read_capture
 from collector.steering import steer_by_source
-from tests.conftest import EXPORT_CAPTURES, EXPORTS
+from tests.conftest import EXPORT_CAPTURES, EXPORTS, ROOT
 from tests.ops import (
     exporter_packets,
     fold_events,
+    http_get,
     metrics_address,
     sample,
     scrape,
     scrape_until,
+    wait_for,
 )
 from tests.packets import five_tuple
 from tests.test_cluster import PROBER, VICTIM, export_packet
@@ -250,3 +254,50 @@ def test_a_fast_probe_sweep_never_stalls_the_workers(tmp_path: Path) -> None:
             what="a finding for every probe",
         )
         collector.stop()
+
+
+def test_a_second_collector_on_the_same_address_is_refused(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let it join the first one's group silently."""
+    with CollectorProcess(tmp_path / "first.jsonl", ["--workers", "2"]) as first:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "run",
+                "--listen",
+                f"127.0.0.1:{first.port}",
+                "--events",
+                str(tmp_path / "second.jsonl"),
+                "--workers",
+                "3",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        first.stop()
+    assert second.returncode == 2
+    assert "another program listens there" in second.stderr
+
+
+def test_a_stuck_worker_fails_healthz_until_it_reports_again(tmp_path: Path) -> None:
+    """A stopped (SIGSTOP) worker is noticed: /healthz answers 503, then 200."""
+    flags = ["--workers", "2", "--metrics", "127.0.0.1:0"]
+    with CollectorProcess(tmp_path / "events.jsonl", flags, timeout=30) as collector:
+        address = metrics_address(collector.started)
+        found = re.search(r"pids=\[([\d, ]+)\]", "".join(collector.startup))
+        assert found is not None
+        stuck = int(found.group(1).split(",")[1])
+        url = f"http://{address}/healthz"
+        assert http_get(url)[0] == 200
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            wait_for(lambda: http_get(url)[0] == 503, timeout=40, what="503")
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        wait_for(lambda: http_get(url)[0] == 200, timeout=20, what="200 again")
+        collector.stop()
+    assert "workers not reporting" in collector.stderr + "".join(collector.startup)
