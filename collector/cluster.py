@@ -45,7 +45,6 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
 from collector.sinks import Sink
 from detectors.events import flow_document
@@ -81,6 +80,10 @@ REQUEST_TIMEOUT = 2.0
 # Errors that mean "NATS is not answering now": retried, never raised.
 _UNREACHABLE = (nats.errors.Error, TimeoutError, OSError)
 
+# The times a decoded flow may carry (collector.records clamps to these).
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
 # The computed counters are derived on load, so they are not sent.
 _DERIVED = {"packets_scaled", "bytes_scaled"}
 
@@ -98,8 +101,17 @@ def encode(flow: FlowRecord) -> bytes:
 
 
 def decode(data: bytes) -> FlowRecord:
-    """Parse a flow record serialised by ``encode``, or raise ValidationError."""
-    return FlowRecord.model_validate_json(data)
+    """Parse a flow record serialised by ``encode``, or raise ValueError.
+
+    Times outside what a decoded flow can carry (1970 to 2100) are refused:
+    whoever can publish to the bus must not park a window where it can
+    never close.
+    """
+    flow = FlowRecord.model_validate_json(data)
+    for moment in (flow.start, flow.end, flow.export_time):
+        if moment is not None and not _EARLIEST <= moment <= _LATEST:
+            raise ValueError("flow time outside 1970-2100")
+    return flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +135,8 @@ class Cluster:
         self.node = settings.node
         self.counters: Counter[str] = Counter()
         self.connected = False
+        # Set once the stream, bucket and consumer are ready.
+        self.joined = False
         self._lock = threading.Lock()
         self._sequence = 0
         self._held: deque[tuple[str, bytes]] = deque()
@@ -229,6 +243,7 @@ class Cluster:
             ready = await self._prepare(client.jetstream())
             if ready is None:
                 return
+            self.joined = True
             kv, subscription = ready
             receiver = asyncio.create_task(self._receive(subscription))
             await self._send(client.jetstream(), kv)
@@ -261,6 +276,37 @@ class Cluster:
             return client
         return None
 
+    async def _stream(self, js: JetStreamContext, retention: float) -> None:
+        """Create the stream, or lengthen its retention to cover this node's.
+
+        Nodes may start with different windows (a fleet being reconfigured):
+        the stream keeps the longest retention any node needs, and a node
+        never fails to join over it.
+        """
+        try:
+            info = await js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(
+                name=STREAM,
+                subjects=[SUBJECT],
+                max_age=retention,
+                duplicate_window=min(DUPLICATE_WINDOW, retention),
+                storage=StorageType.FILE,
+            )
+            return
+        if (info.config.max_age or 0) < retention:
+            await js.update_stream(info.config.evolve(max_age=retention))
+            log.info("cluster stream retention raised", extra={"seconds": retention})
+
+    async def _bucket(self, js: JetStreamContext, retention: float) -> KeyValue:
+        """Bind the event-id bucket, creating it if no node has."""
+        try:
+            return await js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            return await js.create_key_value(
+                bucket=BUCKET, ttl=retention, storage=StorageType.FILE
+            )
+
     async def _prepare(
         self, js: JetStreamContext
     ) -> tuple[KeyValue, JetStreamContext.PullSubscription] | None:
@@ -269,16 +315,8 @@ class Cluster:
         start = self._started_at - timedelta(seconds=retention)
         while not self._out_of_time():
             try:
-                await js.add_stream(
-                    name=STREAM,
-                    subjects=[SUBJECT],
-                    max_age=retention,
-                    duplicate_window=min(DUPLICATE_WINDOW, retention),
-                    storage=StorageType.FILE,
-                )
-                kv = await js.create_key_value(
-                    bucket=BUCKET, ttl=retention, storage=StorageType.FILE
-                )
+                await self._stream(js, retention)
+                kv = await self._bucket(js, retention)
                 subscription = await js.pull_subscribe(
                     SUBJECT,
                     durable=f"flowtrap-{self.node}",
@@ -401,6 +439,11 @@ class Cluster:
             self.counters["received_own"] += 1
             return
         msg_id = headers.get(MSG_ID_HEADER, "")
+        if not msg_id:
+            # Every node names its observations; one without a name is not
+            # from a node (and would make every later one look repeated).
+            self.counters["received_malformed"] += 1
+            return
         if msg_id in self._seen:
             self.counters["received_duplicate"] += 1
             return
@@ -409,7 +452,7 @@ class Cluster:
             self._seen.popitem(last=False)
         try:
             flow = decode(data)
-        except ValidationError:
+        except ValueError:
             self.counters["received_malformed"] += 1
             return
         with self._lock:
@@ -520,6 +563,7 @@ class ClusterMetrics(Collector):
         yield counters
         yield GaugeMetricFamily(
             "flowtrap_cluster_connected",
-            "1 while the NATS server answers.",
-            value=int(self.cluster.connected),
+            "1 while the NATS server answers and this node has joined the "
+            "stream and bucket.",
+            value=int(self.cluster.connected and self.cluster.joined),
         )

@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from collector.cluster import decode, encode
@@ -196,3 +197,46 @@ def test_observations_round_trip_whole() -> None:
     back = decode(encode(flow))
     assert back == flow
     assert back.packets_scaled == flow.packets_scaled == 300
+
+
+def test_observations_with_impossible_times_are_refused() -> None:
+    """A record placed in year 9999 never reaches a detector."""
+    flow = make_flow("10.1.0.5", "203.0.113.9")
+    data = orjson.loads(encode(flow))
+    data["start"] = "9999-12-31T23:59:59Z"
+    with pytest.raises(ValueError, match="1970-2100"):
+        decode(orjson.dumps(data))
+
+
+def test_a_node_with_a_longer_window_joins_and_lengthens_the_stream(
+    tmp_path: Path,
+) -> None:
+    """The stream made by a node with a short window grows for a longer one."""
+    now = int(time.time())
+    probe = five_tuple(PROBER, VICTIM, 40001, 631)
+    callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
+    base = ["--detectors", CALLBACK, "--metrics", "127.0.0.1:0"]
+    server = NatsServer(tmp_path / "nats")
+    with server, ExitStack() as stack:
+        a = stack.enter_context(
+            CollectorProcess(tmp_path / "a.jsonl", [*base, "--cluster", server.url])
+        )
+        wait_for(lambda: connected(a), what="node A connected")
+        b = stack.enter_context(
+            CollectorProcess(
+                tmp_path / "b.jsonl",
+                [*base, "--cluster", server.url, "--window", "3600"],
+            )
+        )
+        wait_for(lambda: connected(b), what="node B connected")
+        send(a.port, [export_packet([probe], now)])
+        send(b.port, [export_packet([callback], now + 1)])
+        wait_for(
+            lambda: (
+                cluster_count(a, "received") >= 1 and cluster_count(b, "received") >= 1
+            ),
+            what="each node received the other's observation",
+        )
+        stop_all([a, b])
+    assert "cluster setup failed" not in a.stderr + b.stderr
+    assert "cluster stream retention raised" in "".join(b.startup) + b.stderr
