@@ -57,11 +57,18 @@ def _struct_code(kind: Kind, length: int) -> tuple[str, bool]:
 
 
 def _unique_names(fields: tuple[FieldSpec, ...]) -> list[str]:
-    """Name each field, suffixing repeats so that no element overwrites another."""
+    """Name each field, suffixing repeats so that no element overwrites another.
+
+    A zero-length field takes no place in a record and no name: an element
+    sent empty and then with a value is named as if sent once.
+    """
     seen: dict[str, int] = {}
     names = []
     for spec in fields:
         base = lookup(spec.element_id, spec.enterprise).name
+        if spec.length == 0:
+            names.append(base)
+            continue
         count = seen.get(base, 0) + 1
         seen[base] = count
         names.append(base if count == 1 else f"{base}#{count}")

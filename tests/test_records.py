@@ -219,3 +219,15 @@ def test_built_records_are_what_model_construct_makes() -> None:
     # Nothing in the model that model_construct handles is left out here.
     assert not any(f.alias for f in FlowRecord.model_fields.values())
     assert not FlowRecord.__pydantic_post_init__
+
+
+def test_an_element_sent_empty_then_with_a_value_keeps_its_name() -> None:
+    """A zero-length field before the real one does not push it to ``#2``."""
+    layout = Layout.compile(
+        256, (FieldSpec(11, 0), FieldSpec(4, 1), FieldSpec(11, 2), FieldSpec(11, 2))
+    )
+    assert layout.names == (
+        "protocolIdentifier",
+        "destinationTransportPort",
+        "destinationTransportPort#2",
+    )
