@@ -195,10 +195,15 @@ class WorkerPool:
         self._loop = loop
         for child in self.children:
             loop.add_reader(child.conn.fileno(), self._receive, child)
-        self._sender = threading.Thread(
-            target=self._send_all, name="worker control", daemon=True
-        )
-        self._sender.start()
+        self._start_sender()
+
+    def _start_sender(self) -> None:
+        """Start the thread that sends control messages, once."""
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_all, name="worker control", daemon=True
+            )
+            self._sender.start()
 
     def _send_all(self) -> None:
         """Send queued control messages, each worker's in order (sender thread).
@@ -290,6 +295,8 @@ class WorkerPool:
         for child in self.children:
             if not child.gone:
                 loop.remove_reader(child.conn.fileno())
+        # Started here too when start-up failed before the workers were read.
+        self._start_sender()
         self._tell(("stop",))
         deadline = time.monotonic() + STOP_SECONDS
         waiting = {c.conn: c for c in self.children if not c.done and not c.gone}

@@ -37,6 +37,9 @@ FANOUT = "cups_browsed_internal_fanout"
 PROBER = "203.0.113.10"
 VICTIM = "10.1.0.5"
 SCANNER = "10.1.0.9"
+# A probe of VICTIM by PROBER, and the callback that answers it.
+PROBE = five_tuple(PROBER, VICTIM, 40001, 631)
+CALLBACK_FLOW = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
 
 
 def export_packet(records: list[bytes], secs: int, sequence: int = 1) -> bytes:
@@ -109,8 +112,7 @@ def test_probe_on_one_node_and_callback_on_another_raise_one_event(
     With workers, what a node's workers decode is shared like its own.
     """
     now = int(time.time())
-    probe = five_tuple(PROBER, VICTIM, 40001, 631)
-    callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
+    probe, callback = PROBE, CALLBACK_FLOW
     server = NatsServer(tmp_path / "nats")
     with server, nodes(tmp_path, server.url, 2, CALLBACK, workers) as (a, b):
         send(a.port, [export_packet([probe], now)])
@@ -158,8 +160,7 @@ def test_nats_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
 ) -> None:
     """Findings made while NATS is down are held and shared when it returns."""
     now = int(time.time())
-    probe = five_tuple(PROBER, VICTIM, 40001, 631)
-    callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
+    probe, callback = PROBE, CALLBACK_FLOW
     server = NatsServer(tmp_path / "nats")
     with server, nodes(tmp_path, server.url, 2, CALLBACK) as (a, b):
         server.kill()
@@ -213,8 +214,7 @@ def test_a_node_with_a_longer_window_joins_and_lengthens_the_stream(
 ) -> None:
     """The stream made by a node with a short window grows for a longer one."""
     now = int(time.time())
-    probe = five_tuple(PROBER, VICTIM, 40001, 631)
-    callback = five_tuple(VICTIM, PROBER, 51000, 631, proto=6, pkts=8)
+    probe, callback = PROBE, CALLBACK_FLOW
     base = ["--detectors", CALLBACK, "--metrics", "127.0.0.1:0"]
     server = NatsServer(tmp_path / "nats")
     with server, ExitStack() as stack:
