@@ -92,7 +92,6 @@ class Pipeline:
         self._last_close = 0.0
         self._last_expire = 0.0
         self._state: tuple[Path, float] | None = None
-        self._state_base: Path | None = None
         self._last_save = 0.0
         self._clock = 0.0
         # Closed windows not yet written. With a ``wake`` hook (the live
@@ -155,31 +154,27 @@ class Pipeline:
         if self._state is not None and self._clock - self._last_save >= self._state[1]:
             self.save_state()
 
-    def keep_state(self, path: Path, every: float, base: Path | None = None) -> None:
-        """Keep templates and options in a state file, saved every few seconds.
-
-        ``base`` is the configured path when ``path`` is a worker's own file.
-        """
+    def keep_state(self, path: Path, every: float) -> None:
+        """Keep templates and options in a state file, saved every few seconds."""
         self._state = (path, every)
-        self._state_base = base or path
 
-    def load_state(self, keep: Callable[[str], bool] | None = None) -> int:
+    def load_state(self) -> int:
         """Restore saved templates and options (at start, before any datagram).
 
-        The files other process layouts saved beside this one are read too
-        (never set aside: they are not this process's), for the exporters
-        ``keep`` picks, so a change of ``--workers`` keeps what was learned.
+        The files a run with ``--workers`` saved beside it are read too, so a
+        change of the number of workers keeps what was learned.
         """
         if self._state is None:
             return 0
         self._last_save = self._clock
-        own = self._state[0]
-        restored = state_file.load(own, self.decoder, self.options, keep)
-        for other in state_file.others(self._state_base or own, own):
-            restored += state_file.load(
-                other, self.decoder, self.options, keep, set_aside=False
-            )
-        return restored
+        return state_file.load(self._state[0], self.decoder, self.options)
+
+    def restore_state(
+        self, states: list[state_file.StateFile], keep: Callable[[str], bool]
+    ) -> int:
+        """Restore state read before this process started, for some exporters."""
+        self._last_save = self._clock
+        return state_file.restore(states, self.decoder, self.options, keep)
 
     def save_state(self) -> None:
         """Write templates and options atomically; a failure is logged, not fatal."""

@@ -9,6 +9,7 @@ and never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -132,46 +133,34 @@ def worker_path(base: Path, index: int) -> Path:
     return base.with_name(f"{base.name}.worker{index}")
 
 
-def others(base: Path, own: Path) -> list[Path]:
-    """Return the state files of other process layouts saved beside ``own``.
+def family(base: Path) -> list[Path]:
+    """Return the state files saved under one configured path.
 
     One process saves ``base``, worker *i* ``base.worker<i>``; after a change
     of ``--workers`` an exporter's templates may sit in any of them.
     """
     found = [base, *sorted(base.parent.glob(f"{glob.escape(base.name)}.worker*"))]
-    return [
-        path
-        for path in found
-        if path != own and ".corrupt-" not in path.name and path.is_file()
-    ]
+    return [p for p in found if ".corrupt-" not in p.name and p.is_file()]
 
 
-def load(
-    path: Path,
-    decoder: Decoder,
-    options: OptionsStore,
-    keep: Callable[[str], bool] | None = None,
-    set_aside: bool = True,
-) -> int:
-    """Load saved state into a decoder; return the templates restored.
+def read(path: Path) -> StateFile | None:
+    """Read and validate one state file; None when there is none (first start).
 
-    A missing file is a first start. An unreadable or invalid one is renamed
-    aside with a warning (unless ``set_aside`` is false: another process owns
-    it), and flowtrap starts empty. ``keep`` picks the exporters to restore.
+    An unreadable or invalid one is renamed aside with a warning, and its
+    templates are learned from the exporters again.
     """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return 0
+        return None
     try:
         if size > MAX_STATE_BYTES:
             raise ValueError(f"{size} bytes is more than a state file can hold")
-        state = StateFile.model_validate(orjson.loads(path.read_bytes()))
+        return StateFile.model_validate(orjson.loads(path.read_bytes()))
     except (OSError, ValueError, ValidationError) as error:
-        if not set_aside:
-            return 0
         aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
-        os.replace(path, aside)
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
         log.warning(
             "state file set aside; templates will be learned from exporters again",
             extra={
@@ -180,8 +169,27 @@ def load(
                 "reason": str(error)[:200],
             },
         )
-        return 0
-    return _restore(state, decoder, options, keep)
+        return None
+
+
+def read_family(base: Path) -> list[StateFile]:
+    """Read every state file saved under one configured path."""
+    return [state for path in family(base) if (state := read(path)) is not None]
+
+
+def restore(
+    states: list[StateFile],
+    decoder: Decoder,
+    options: OptionsStore,
+    keep: Callable[[str], bool] | None = None,
+) -> int:
+    """Put saved states into a decoder; ``keep`` picks the exporters."""
+    return sum(_restore(state, decoder, options, keep) for state in states)
+
+
+def load(path: Path, decoder: Decoder, options: OptionsStore) -> int:
+    """Load a state file (and those beside it) into a decoder; return templates."""
+    return restore(read_family(path), decoder, options)
 
 
 def _restore(

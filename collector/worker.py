@@ -29,7 +29,7 @@ from collector.listener import Listener, SocketStats
 from collector.pipeline import Pipeline
 from collector.proxy import ProxyProtocol
 from collector.records import TimeRules
-from collector.state import worker_path
+from collector.state import StateFile, worker_path
 from collector.stats import Stats
 from collector.steering import steered
 from detectors.base import Detector, Interest, Rule, SourceWatch
@@ -147,8 +147,10 @@ class _Worker:
         )
         self.stop = asyncio.Event()
         self.sockets_read = 0.0
-        # Which exporters' saved templates this worker restores.
-        self.keep: Callable[[str], bool] | None = None
+        # The saved state the detecting process read before the workers
+        # started, and which of its exporters this worker restores.
+        self.saved: list[StateFile] = []
+        self.keep: Callable[[str], bool] = lambda address: True
 
     def _keep(self, flow: FlowRecord) -> None:
         """Queue a flow record a detector wants; send when enough are queued."""
@@ -216,7 +218,8 @@ class _Worker:
             loop.add_signal_handler(signum, lambda: None)
         loop.add_reader(self.conn.fileno(), self.control)
         # Templates first, so that the first data packet decodes at once.
-        self.pipeline.load_state(self.keep)
+        self.pipeline.restore_state(self.saved, self.keep)
+        self.saved = []
         self.listener.start(loop, sockets)
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -240,6 +243,7 @@ def run_worker(
     conn: Connection,
     decoder: Callable[[Config], Any],
     allowlist: Allowlist | None,
+    saved: list[StateFile],
 ) -> int:
     """Run one worker to the end (in the forked child); return its exit code."""
     rules = TimeRules(tolerance_ms=int(config.time_tolerance_seconds * 1000))
@@ -247,8 +251,9 @@ def run_worker(
     pipeline = Pipeline(decoder(config), standins, Windows(), [], rules)
     if config.state_file is not None:
         base = Path(config.state_file)
-        pipeline.keep_state(worker_path(base, index), config.state_save_seconds, base)
+        pipeline.keep_state(worker_path(base, index), config.state_save_seconds)
     worker = _Worker(index, config, pipeline, conn, allowlist)
+    worker.saved = saved
     # Behind a balancer every datagram comes from its address, whatever
     # exporter the header names: then any exporter may land here.
     if config.proxy_protocol_from is None:

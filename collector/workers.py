@@ -28,8 +28,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
+from collector import state as state_file
 from collector.allowlist import Allowlist
 from collector.listener import SocketStats, bound, open_socket
 from collector.pipeline import Pipeline
@@ -132,6 +134,11 @@ class WorkerPool:
             raise
         self._addresses = [bound(sock) for sock in groups[0]]
         stands = [Stand.of(detector) for detector in self.pipeline.detectors]
+        # Read once here, before any worker can save over a file another
+        # still has to read (a change of N spreads exporters differently).
+        saved = []
+        if self.config.state_file is not None:
+            saved = state_file.read_family(Path(self.config.state_file))
         context = multiprocessing.get_context("fork")
         for index in range(count):
             mine, theirs = context.Pipe()
@@ -154,6 +161,7 @@ class WorkerPool:
                         theirs,
                         self.decoder,
                         self._allowlist,
+                        saved,
                     )
                 finally:
                     logging.shutdown()
