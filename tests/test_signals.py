@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,30 @@ async def test_sighup_with_a_broken_config_keeps_the_running_one(
     assert len(event_files(events_path)) == 1
     assert "configuration not reloaded" in collector.stderr
     assert "internal_networks" in collector.stderr
+
+
+def test_sigterm_stops_while_exporters_keep_sending(tmp_path: Path) -> None:
+    """The drain at stop is bounded: a flood does not keep the collector alive."""
+    stop = threading.Event()
+    with CollectorProcess(tmp_path / "events.jsonl", timeout=30) as collector:
+        port = collector.port
+
+        def flood() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                while not stop.is_set():
+                    for _ in range(200):
+                        sender.sendto(egress_packet(), ("127.0.0.1", port))
+                    time.sleep(0.001)
+
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        try:
+            time.sleep(1.0)
+            started = time.monotonic()
+            collector.stop()
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            thread.join(5)
+    assert took < 10, f"stopping took {took:.1f} s under a flood"
+    assert "collector stopped" in collector.stderr
