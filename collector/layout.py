@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -245,9 +244,3 @@ def convert(column: Column, value: Any) -> Any:
         # Exporters written in C end strings with NUL and pad after it.
         return value.split(b"\x00", 1)[0].decode("utf-8", "replace")
     return value.hex()
-
-
-def iter_values(layout: Layout, rows: list[Row]) -> Iterator[dict[str, Any]]:
-    """Yield the named values of each row."""
-    for row in rows:
-        yield layout.values(row)

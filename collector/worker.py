@@ -125,14 +125,12 @@ class _Worker:
 
     def __init__(
         self,
-        index: int,
         config: Config,
         pipeline: Pipeline,
         conn: Connection,
         allowlist: Allowlist | None,
     ) -> None:
         """Wire the worker's pipeline to its connection; no I/O."""
-        self.index = index
         self.conn = conn
         self.pipeline = pipeline
         self.outbox: list[FlowRecord] = []
@@ -252,7 +250,7 @@ def run_worker(
     if config.state_file is not None:
         base = Path(config.state_file)
         pipeline.keep_state(worker_path(base, index), config.state_save_seconds)
-    worker = _Worker(index, config, pipeline, conn, allowlist)
+    worker = _Worker(config, pipeline, conn, allowlist)
     worker.saved = saved
     # Behind a balancer every datagram comes from its address, whatever
     # exporter the header names: then any exporter may land here.
