@@ -127,7 +127,11 @@ class Receiver(Protocol):
     received: int
     denied: int
     denied_sources: Counter[str]
-    allowlist: Allowlist | None
+
+    @property
+    def allowlist(self) -> Allowlist | None:
+        """Return the exporter allowlist in force."""
+        ...
 
     @property
     def proxy(self) -> ProxyErrors:
@@ -140,6 +144,12 @@ class Receiver(Protocol):
 
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop receiving; decode what arrived."""
+        ...
+
+    def replace_allowlist(
+        self, allowlist: Allowlist | None, applied: Callable[[], None]
+    ) -> None:
+        """Apply a new allowlist; call ``applied`` once every socket reader has it."""
         ...
 
     def socket_stats(self) -> list[SocketStats]:
@@ -176,6 +186,13 @@ class Listener:
         self.denied_sources: Counter[str] = Counter()
         self._buffer = bytearray(MAX_DATAGRAM)
         self._view = memoryview(self._buffer)
+
+    def replace_allowlist(
+        self, allowlist: Allowlist | None, applied: Callable[[], None]
+    ) -> None:
+        """Apply a new allowlist at once (SIGHUP)."""
+        self.allowlist = allowlist
+        applied()
 
     def start(
         self,

@@ -358,7 +358,6 @@ class Service:
             )
             return
         replace_networks(self.networks, new.internal_networks)
-        self.listener.allowlist = allowlist_of(new)
         self.outputs.reopen()
 
         waiting = sorted(
@@ -371,12 +370,19 @@ class Service:
         self.config = self.config.model_copy(
             update={name: getattr(new, name) for name in RELOADED}
         )
+        allowlist = allowlist_of(new)
+        self.listener.replace_allowlist(
+            allowlist, lambda: self._reloaded(new, allowlist)
+        )
+
+    def _reloaded(self, new: Config, allowlist: Allowlist | None) -> None:
+        """Count and log a reload once every socket reader applies it."""
         self.health.reloads["applied"] += 1
         log.info(
             "configuration reloaded",
             extra={
                 "internal_networks": ",".join(map(str, new.internal_networks)),
-                "allowed_exporters": str(self.listener.allowlist or "any"),
+                "allowed_exporters": str(allowlist or "any"),
             },
         )
         self._warn_open_to_all()

@@ -203,6 +203,7 @@ class _Worker:
                 watch.replace(message[2])
         elif kind == "allowlist":
             self.listener.allowlist = message[1]
+            self._send(("applied", message[2]))
         elif kind == "stop":
             self.stop.set()
 

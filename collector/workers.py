@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -58,6 +58,8 @@ class _Child:
     conn: Connection
     done: bool = False
     gone: bool = False
+    # The last allowlist generation this worker said it applied.
+    applied: int = 0
     # When its last report came (monotonic seconds).
     heard: float = field(default_factory=time.monotonic)
     sockets: list[SocketStats] = field(default_factory=list)
@@ -101,6 +103,8 @@ class WorkerPool:
         self.failed: Callable[[str], None] = lambda reason: None
         self._addresses: list[str] = []
         self._versions: dict[int, int] = {}
+        self._generation = 0
+        self._waiting: deque[tuple[int, Callable[[], None]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: queue.SimpleQueue[tuple[_Child, tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
@@ -113,11 +117,27 @@ class WorkerPool:
         """Return the exporter allowlist the workers apply."""
         return self._allowlist
 
-    @allowlist.setter
-    def allowlist(self, allowlist: Allowlist | None) -> None:
-        """Replace the allowlist in every worker (SIGHUP)."""
+    def replace_allowlist(
+        self, allowlist: Allowlist | None, applied: Callable[[], None]
+    ) -> None:
+        """Send a new allowlist to every worker (SIGHUP).
+
+        ``applied`` runs once every running worker has said it has the new
+        one, so a reload is not reported done while a worker still applies
+        the old list.
+        """
         self._allowlist = allowlist
-        self._tell(("allowlist", allowlist))
+        self._generation += 1
+        self._waiting.append((self._generation, applied))
+        self._tell(("allowlist", allowlist, self._generation))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Run the callbacks of the allowlists every running worker has applied."""
+        running = [c.applied for c in self.children if not c.done and not c.gone]
+        reached = min(running, default=self._generation)
+        while self._waiting and self._waiting[0][0] <= reached:
+            self._waiting.popleft()[1]()
 
     def fork(self) -> None:
         """Bind the socket groups, then fork one worker per group member."""
@@ -251,8 +271,12 @@ class WorkerPool:
             self.pipeline.observe(message[1], local=True)
         elif kind == "report":
             self._merge(child, message[1])
+        elif kind == "applied":
+            child.applied = message[1]
+            self._settle()
         elif kind == "done":
             child.done = True
+            self._settle()
 
     def _merge(self, child: _Child, report: Report) -> None:
         """Add a worker's counters to the collector's."""

@@ -85,8 +85,15 @@ async def test_sighup_reloads_allowlist_and_networks_and_starts_a_new_file(
             'allowed_exporters = ["127.0.0.3/32"]\ninternal_networks = ["10.0.0.0/8"]\n'
         )
         collector.signal(signal.SIGHUP)
+        # Counted as applied only once every worker has the new allowlist:
+        # the very next datagram from 127.0.0.3 is let in.
         wait_for(lambda: reloads(address, "applied") == 1, what="the reload")
         await send_payloads([egress_packet()], collector.port, "127.0.0.3")
+        wait_for(
+            lambda: sample(scrape(address), "flowtrap_datagrams_received_total") == 2,
+            what="the second datagram",
+        )
+        assert sample(scrape(address), "flowtrap_datagrams_denied_total") == 1
         wait_for(lambda: findings(address) == 1, what="the finding")
         collector.stop()
 
