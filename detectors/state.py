@@ -9,8 +9,11 @@ are live or an old capture replayed through a live exporter.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from itertools import repeat
+from operator import add, sub
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -100,19 +103,61 @@ class BoundedMap(Generic[K, V]):
 def widest_count(times: list[float], moment: float, width: float) -> int:
     """Return the most times that fit in one interval of ``width`` holding ``moment``.
 
-    The interval may start anywhere from ``moment - width`` to ``moment``, so a
-    flow that arrives late still counts with those around its own start.
+    ``times`` is sorted. The interval may start anywhere from ``moment - width``
+    to ``moment``, so a flow that arrives late still counts with those around
+    its own start. The best interval starts at one of the times in that
+    range, or at ``moment``; each candidate is two bisections, and the usual
+    case, nothing later than ``moment``, is one.
     """
-    near = sorted(t for t in times if moment - width <= t <= moment + width)
-    best = 0
-    low = 0
-    for high, last in enumerate(near):
-        # Shrink from the left until [near[low], last] stretched to hold
-        # moment still fits in width; the span only shrinks as low grows.
-        while low <= high and max(last, moment) - min(near[low], moment) > width:
-            low += 1
-        best = max(best, high - low + 1)
-    return best
+    low = bisect_left(times, moment - width)
+    upto = bisect_right(times, moment)
+    if upto == len(times) or times[upto] > moment + width:
+        return upto - low
+    starts = times[low:upto]
+    best = bisect_right(times, moment + width) - bisect_left(times, moment)
+    if not starts:
+        return best
+    ends = map(bisect_right, repeat(times), map(add, starts, repeat(width)))
+    begins = map(bisect_left, repeat(times), starts)
+    return max(best, max(map(sub, ends, begins)))
+
+
+class _Seen:
+    """One key's items: each item's latest moment, and the moments in order."""
+
+    __slots__ = ("at", "names", "times")
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.at: dict[str, float] = {}
+        # Parallel lists sorted by time: the moments, and whose they are.
+        self.times: list[float] = []
+        self.names: list[str] = []
+
+    def insert(self, item: str, moment: float) -> None:
+        """Record an item at a moment (it must not be recorded already)."""
+        index = bisect_right(self.times, moment)
+        self.times.insert(index, moment)
+        self.names.insert(index, item)
+        self.at[item] = moment
+
+    def remove(self, item: str) -> None:
+        """Forget an item."""
+        moment = self.at.pop(item)
+        index = bisect_left(self.times, moment)
+        while self.names[index] != item:
+            index += 1
+        del self.times[index]
+        del self.names[index]
+
+    def drop_before(self, horizon: float) -> None:
+        """Forget every item last seen before the horizon."""
+        cut = bisect_left(self.times, horizon)
+        if cut:
+            for name in self.names[:cut]:
+                del self.at[name]
+            del self.times[:cut]
+            del self.names[:cut]
 
 
 class DistinctInWindow:
@@ -120,7 +165,9 @@ class DistinctInWindow:
 
     Each item keeps the latest flow start it was seen at; items further than
     the window plus lateness behind a key's newest are dropped. Keys are
-    capped and expire when idle; items per key are capped too (oldest first).
+    capped and expire when idle; items per key are capped too (the longest
+    unseen go first). A source scanning thousands of destinations costs a
+    few bisections per flow, not a walk over everything it reached.
     """
 
     def __init__(
@@ -136,9 +183,7 @@ class DistinctInWindow:
         self.late = late
         self.max_items = max_items
         self.counters = counters
-        self._keys: BoundedMap[str, OrderedDict[str, float]] = BoundedMap(
-            max_keys, counters, "sources"
-        )
+        self._keys: BoundedMap[str, _Seen] = BoundedMap(max_keys, counters, "sources")
 
     def __len__(self) -> int:
         """Return the number of keys tracked."""
@@ -146,17 +191,17 @@ class DistinctInWindow:
 
     def add(self, key: str, item: str, moment: float) -> int:
         """Record an item at a moment; return the distinct items in its window."""
-        items = self._keys.setdefault(key, OrderedDict)
-        seen = items.get(item)
-        items[item] = moment if seen is None else max(seen, moment)
-        items.move_to_end(item)
-        if len(items) > self.max_items:
-            items.popitem(last=False)
-            self.counters["items_evicted"] += 1
-        horizon = max(items.values()) - self.window - self.late
-        for old in [name for name, at in items.items() if at < horizon]:
-            del items[old]
-        return widest_count(list(items.values()), moment, self.window)
+        seen = self._keys.setdefault(key, _Seen)
+        before = seen.at.get(item)
+        if before is None or before < moment:
+            if before is not None:
+                seen.remove(item)
+            seen.insert(item, moment)
+            if len(seen.at) > self.max_items:
+                seen.remove(seen.names[0])
+                self.counters["items_evicted"] += 1
+        seen.drop_before(seen.times[-1] - self.window - self.late)
+        return widest_count(seen.times, moment, self.window)
 
     def expire(self, now: float) -> None:
         """Drop keys idle for longer than the window plus lateness."""
