@@ -119,7 +119,8 @@ def widest_count(times: list[float], moment: float, width: float) -> int:
         return best
     ends = map(bisect_right, repeat(times), map(add, starts, repeat(width)))
     begins = map(bisect_left, repeat(times), starts)
-    return max(best, max(map(sub, ends, begins)))
+    counts: map[int] = map(sub, ends, begins)
+    return max(best, *counts)
 
 
 class _Seen:
