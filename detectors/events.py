@@ -46,16 +46,32 @@ def _json_time(moment: datetime) -> str:
     return written[:-6] + "Z" if written.endswith("+00:00") else written
 
 
+class _PackedTuple(communityid.FlowTuple):  # type: ignore[misc]
+    """A flow tuple given in network byte order already, as flow records hold it.
+
+    The library converts a tuple to network byte order and copies it before
+    ordering it; these addresses and ports come packed, so the converted tuple
+    is the tuple itself, and an ordered one needs no copy. The checks, the
+    ICMP port mapping, the order test, hashing and rendering stay the
+    library's.
+    """
+
+    def in_nbo(self) -> communityid.FlowTuple:
+        """Return the tuple: it is in network byte order."""
+        return self
+
+    def in_order(self) -> communityid.FlowTuple:
+        """Return the tuple when ordered, else the library's flipped copy."""
+        if self.is_ordered():
+            return self
+        return super().in_order()
+
+
 @lru_cache(maxsize=65_536)
 def _community_id(protocol: int, src: bytes, dst: bytes, ports: tuple[Any, Any]) -> str:
-    """Return the Community ID v1 of a 5-tuple (cached: it costs microseconds).
-
-    The tuple goes to the library already in network byte order, so it is
-    checked and copied once instead of three times; ordering, hashing and
-    rendering are the library's.
-    """
+    """Return the Community ID v1 of a 5-tuple (cached: it costs microseconds)."""
     sport, dport = (None if port is None else _PORT.pack(port) for port in ports)
-    key = communityid.FlowTuple(protocol, src, dst, sport, dport)
+    key = _PackedTuple(protocol, src, dst, sport, dport)
     return str(_COMMUNITY_ID.render(_COMMUNITY_ID.hash(key.in_order())))
 
 

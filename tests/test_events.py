@@ -15,6 +15,8 @@ import communityid
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from py_ocsf_models.events.findings.detection_finding import DetectionFinding
 
 from collector.capture import Datagram, read_capture
@@ -244,6 +246,12 @@ def test_ocsf_pairs_techniques_with_their_tactics() -> None:
         (47, "10.0.0.1", "10.0.0.2", None, None),
         (17, "2001:db8::1", "2001:db8::2", 5353, 631),
         (132, "2001:db8::2", "2001:db8::1", 2905, 2905),
+        # ICMP: the library maps type and code, and a one-way type is not flipped.
+        (1, "198.51.100.7", "10.0.0.1", 8, 0),
+        (1, "198.51.100.7", "10.0.0.1", 0, 0),
+        (1, "198.51.100.7", "10.0.0.1", 3, 1),
+        (58, "2001:db8::9", "2001:db8::1", 128, 0),
+        (58, "2001:db8::9", "2001:db8::1", 1, 4),
     ],
 )
 def test_community_id_agrees_with_the_library_s_own_calculation(
@@ -263,6 +271,28 @@ def test_community_id_agrees_with_the_library_s_own_calculation(
             sport if protocol in communityid.PORT_PROTOS else None,
             dport if protocol in communityid.PORT_PROTOS else None,
         )
+    )
+    assert community_id(flow) == expected
+
+
+@given(
+    st.sampled_from([1, 6, 17, 58, 132]),
+    st.ip_addresses(v=4) | st.ip_addresses(v=6),
+    st.ip_addresses(v=4) | st.ip_addresses(v=6),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+)
+def test_community_id_agrees_with_the_library_on_any_tuple(
+    protocol: int, src: Any, dst: Any, sport: int, dport: int
+) -> None:
+    """Either order of endpoints, equal addresses, any ports."""
+    if src.version != dst.version:
+        dst = src
+    flow = make_flow(str(src), str(dst), dport, protocol).model_copy(
+        update={"src_port": sport}
+    )
+    expected = communityid.CommunityID().calc(
+        communityid.FlowTuple(protocol, str(src), str(dst), sport, dport)
     )
     assert community_id(flow) == expected
 
