@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from detectors.base import DetectionContext
 from detectors.cups import InternalToExternal
@@ -191,3 +194,27 @@ def test_mapped_and_reserved_addresses(detector: InternalToExternal) -> None:
     assert list(detector.evaluate(flow("::ffff:10.1.0.5", "203.0.113.10")))
     assert not list(detector.evaluate(flow("10.1.0.5", "240.0.0.1")))
     assert not list(detector.evaluate(flow("10.1.0.5", "::ffff:10.1.0.6")))
+
+
+@given(
+    st.lists(st.ip_addresses(v=4) | st.ip_addresses(v=6), max_size=40),
+    st.lists(
+        st.tuples(st.ip_addresses(v=4), st.integers(0, 32))
+        | st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
+        max_size=8,
+    ),
+)
+def test_internal_is_membership_of_any_listed_network(
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    listed: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]],
+) -> None:
+    """Overlapping, nested and adjacent networks of both versions alike.
+
+    An IPv4-mapped IPv6 address is its IPv4 address.
+    """
+    nets = [ipaddress.ip_network(f"{a}/{bits}", strict=False) for a, bits in listed]
+    networks = Networks(nets)
+    for address in addresses + [net.broadcast_address for net in nets]:
+        plain = (address.version == 6 and address.ipv4_mapped) or address
+        expected = any(plain.version == net.version and plain in net for net in nets)
+        assert networks.is_internal(address) is expected
