@@ -29,6 +29,7 @@ from bench.packets import UDP, Clock, Mix, Packet, data_packets, template_packet
 from bench.profiles import Profile
 from collector.capture import Datagram
 from collector.decoder import Decoder
+from collector.service import settle_heap
 
 CUPS_PORT = 631
 # Export packets per layout in the pool (each 20-30 records).
@@ -197,6 +198,8 @@ def measure(
 ) -> DecodeResult:
     """Time every contender in turns; keep each one's best round."""
     contenders = Contenders(stream, netflow_stream)
+    # As `flowtrap run` does before it serves (every contender runs under it).
+    settle_heap()
     # One untimed pass checks that the detector fires as the traffic says.
     for datagram in stream.data:
         contenders.flowtrap(datagram)
