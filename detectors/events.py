@@ -40,8 +40,13 @@ def _refs(attacks: tuple[Attack, ...]) -> dict[str, list[str]]:
     }
 
 
+@lru_cache(maxsize=4_096)
 def _json_time(moment: datetime) -> str:
-    """Format a UTC datetime as the event schema writes it (``Z``, no offset)."""
+    """Format a UTC datetime as the event schema writes it (``Z``, no offset).
+
+    Cached: the flows of one export packet share its export time, and the
+    events of one window its start and end.
+    """
     written = moment.isoformat()
     return written[:-6] + "Z" if written.endswith("+00:00") else written
 
