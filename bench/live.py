@@ -59,6 +59,8 @@ class Sweep:
 
     version: int
     records_per_datagram: float = 0.0
+    # What the flow records carry, for the report.
+    traffic: str = "1 % findings"
     steps: list[Step] = field(default_factory=list)
     held: dict[str, float] = field(default_factory=dict)
     note: dict[str, str] = field(default_factory=dict)

@@ -91,16 +91,17 @@ def _live(sweeps: list[Sweep], steps: bool) -> list[str]:
     lines = [
         "### Live ingest: highest rate held with under 0.1 % loss (datagrams/s)",
         "",
-        "| version | flowtrap run | nfcapd | nfacctd | flowtrap / nfcapd "
+        "| version | traffic | flowtrap run | nfcapd | nfacctd | flowtrap / nfcapd "
         "| flowtrap / nfacctd |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for sweep in sweeps:
         per = sweep.records_per_datagram
         flowtrap = sweep.held.get("flowtrap", 0.0)
         peers = [sweep.held.get(name, 0.0) for name in PEERS]
         lines.append(
-            f"| {VERSION[sweep.version]} | {_held(sweep, 'flowtrap', per)} "
+            f"| {VERSION[sweep.version]} | {sweep.traffic} "
+            f"| {_held(sweep, 'flowtrap', per)} "
             f"| {_held(sweep, 'nfcapd', per)} | {_held(sweep, 'nfacctd', per)} "
             f"| {_ratio(flowtrap, peers[0])} | {_ratio(flowtrap, peers[1])} |"
         )
@@ -110,13 +111,17 @@ def _live(sweeps: list[Sweep], steps: bool) -> list[str]:
         "",
         "Every step (rate asked, rate sent, loss, kernel drops on the socket):",
     ]
-    lines += ["", "| version | collector | asked/s | sent/s | loss | socket drops |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| version | traffic | collector | asked/s | sent/s | loss | socket drops |",
+    ]
+    lines += ["|---|---|---|---|---|---|---|"]
     for sweep in sweeps:
         for s in sweep.steps:
             loss = f"{s.loss:.3%}" if not s.error else f"error: {s.error}"
             lines.append(
-                f"| {VERSION[sweep.version]} | {s.collector} | {_n(s.rate)} "
+                f"| {VERSION[sweep.version]} | {sweep.traffic} | {s.collector} "
+                f"| {_n(s.rate)} "
                 f"| {_n(s.sent_rate)} | {loss} | {_n(s.socket_drops)} |"
             )
     return lines
