@@ -20,6 +20,7 @@ import orjson
 
 from bench.collectors import CollectorError, Flowtrap
 from bench.live import exporters, run_sender, wait_drained
+from bench.memory import rss_mb
 from bench.packets import MAX_RECORDS, Mix
 from bench.profiles import Profile
 from bench.sender import Plan
@@ -40,6 +41,8 @@ class BurstRun:
     flows_in_events: int
     seconds: float
     dropped_events: int | None = None
+    # The collector's peak RSS (VmHWM): the backlog a burst builds included.
+    peak_rss_mb: float = 0.0
 
     @property
     def loss(self) -> float:
@@ -112,6 +115,7 @@ def _run(
         wait_drained(port)
         # Let the last windows close before stopping, as in steady operation.
         time.sleep(2.0)
+        _, peak = rss_mb(collector.pid)
         stored = collector.stop()
         elapsed = time.monotonic() - start
         events, flows = _events(folder)
@@ -124,6 +128,7 @@ def _run(
         flows_in_events=flows,
         seconds=elapsed,
         dropped_events=stored.dropped_events,
+        peak_rss_mb=peak,
     )
 
 

@@ -201,15 +201,15 @@ def _burst(result: BurstResult | str | None) -> list[str]:
         return [*lines, f"Failed: {result}"]
     lines += [
         "| run | datagrams/s | records lost | findings sent | in events "
-        "| events written | events dropped by outputs | run time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| events written | events dropped by outputs | run time | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, run in (("baseline", result.baseline), ("burst", result.burst)):
         lines.append(
             f"| {label} | {_n(run.rate)} | {run.loss:.3%} | {_n(run.findings_sent)} "
             f"| {_n(run.flows_in_events)} | {_n(run.events)} "
             f"| {'-' if run.dropped_events is None else _n(run.dropped_events)} "
-            f"| {run.seconds:.1f} s |"
+            f"| {run.seconds:.1f} s | {run.peak_rss_mb:.0f} MB |"
         )
     ok = (
         result.burst.flows_in_events == result.burst.findings_sent

@@ -232,6 +232,24 @@ class CollectorMetrics(Collector):
             "unexpected (option off) or missing (from a trusted load balancer).",
             labels=["reason"],
         )
+        backlog = listener.backlog()
+        yield GaugeMetricFamily(
+            "flowtrap_backlog_datagrams",
+            "Datagrams read but not yet decoded (a burst being absorbed).",
+            value=backlog.datagrams,
+        )
+        yield GaugeMetricFamily(
+            "flowtrap_backlog_bytes",
+            "Bytes of datagrams read but not yet decoded; reading pauses at "
+            "backlog_bytes.",
+            value=backlog.bytes,
+        )
+        yield CounterMetricFamily(
+            "flowtrap_backlog_pauses",
+            "Times reading paused because the backlog was full (the kernel's "
+            "buffer then takes the traffic, and drops what it cannot hold).",
+            value=backlog.pauses,
+        )
         errors = Counter(dict.copy(listener.proxy.errors))
         for reason in REASONS:
             proxy.add_metric([reason], errors[reason])

@@ -154,6 +154,7 @@ class Service:
                 self.pipeline.feed,
                 allowlist,
                 ProxyProtocol(config.proxy_protocol_from),
+                config.backlog_bytes,
             )
         self._failure: str | None = None
         self.tcp: IpfixTcpServer | None = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.allowlist import Allowlist
-from collector.listener import Listener, SocketStats
+from collector.listener import Backlog, Listener, SocketStats
 from collector.pipeline import Pipeline
 from collector.proxy import ProxyProtocol
 from collector.records import TimeRules
@@ -93,6 +93,7 @@ class Report:
     denied: int
     denied_sources: Counter[str]
     proxy_errors: Counter[str]
+    backlog: Backlog
     # None: unchanged since the last report.
     sockets: list[SocketStats] | None = None
 
@@ -108,6 +109,7 @@ def _take_report(stats: Stats, listener: Listener, sockets: bool) -> Report:
         denied=listener.denied,
         denied_sources=listener.denied_sources.copy(),
         proxy_errors=listener.proxy.errors.copy(),
+        backlog=listener.backlog(),
         sockets=listener.socket_stats() if sockets else None,
     )
     stats.counts.clear()
@@ -142,6 +144,7 @@ class _Worker:
             pipeline.feed,
             allowlist,
             ProxyProtocol(config.proxy_protocol_from),
+            config.backlog_bytes,
         )
         self.stop = asyncio.Event()
         self.sockets_read = 0.0

@@ -33,7 +33,7 @@ from typing import Any
 
 from collector import state as state_file
 from collector.allowlist import Allowlist
-from collector.listener import SocketStats, bound, open_socket
+from collector.listener import Backlog, SocketStats, bound, open_socket
 from collector.pipeline import Pipeline
 from collector.steering import steer_by_source
 from collector.worker import Report, Stand, run_worker
@@ -63,6 +63,7 @@ class _Child:
     # When its last report came (monotonic seconds).
     heard: float = field(default_factory=time.monotonic)
     sockets: list[SocketStats] = field(default_factory=list)
+    backlog: Backlog = field(default_factory=Backlog)
 
 
 class ProxyCounts:
@@ -290,6 +291,7 @@ class WorkerPool:
         self.denied += report.denied
         self.denied_sources.update(report.denied_sources)
         self.proxy.errors.update(report.proxy_errors)
+        child.backlog = report.backlog
         if report.sockets is not None:
             child.sockets = report.sockets
         child.heard = time.monotonic()
@@ -350,6 +352,16 @@ class WorkerPool:
         self._outbox.put(None)
         if self._sender is not None:
             self._sender.join(STOP_SECONDS)
+
+    def backlog(self) -> Backlog:
+        """Return the workers' backlogs, added up."""
+        total = Backlog()
+        for child in self.children:
+            total.datagrams += child.backlog.datagrams
+            total.bytes += child.backlog.bytes
+            total.limit += child.backlog.limit
+            total.pauses += child.backlog.pauses
+        return total
 
     def socket_stats(self) -> list[SocketStats]:
         """Return each listen address's kernel counters, summed over the workers."""

@@ -439,6 +439,15 @@ class Config(_Section):
         ge=65_536,
         description="SO_RCVBUF asked for each socket (the kernel may cap it).",
     )
+    backlog_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Datagrams read but not yet decoded are held up to this many "
+        "bytes (per worker with --workers), so a burst that slows decoding is "
+        "absorbed here rather than overflowing the kernel's receive buffer; when "
+        "full, reading pauses until half is decoded. Memory is taken only while "
+        "decoding falls behind.",
+    )
     listen_tcp: list[Endpoint] = Field(
         default=[],
         description="TCP addresses taking IPFIX over TCP (RFC 7011 §10.4), one "

@@ -112,6 +112,9 @@ def test_kernel_receive_drops_for_flowtraps_sockets_are_exported() -> None:
 
     assert stats.drops > 0
     assert stats.queued_bytes > 0
+    # Nothing was read, so nothing waits in flowtrap's own backlog.
+    assert "flowtrap_backlog_bytes 0.0" in text
+    assert "flowtrap_backlog_pauses_total 0.0" in text
     line = f'flowtrap_socket_receive_drops_total{{listen="127.0.0.1:{port}"}}'
     assert f"{line} {float(stats.drops)}" in text
 
