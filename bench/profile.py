@@ -25,6 +25,7 @@ from bench.sender import Exporter, Plan, write_plan
 # Frames under these count as "inside" for the inclusive column of the report.
 _KEY_FUNCTIONS = (
     "_drain",
+    "_decode_slice",
     "feed",
     "decode",
     "_detect",
