@@ -30,6 +30,8 @@ VERSION_NAMES = {"v5": 5, "v9": 9, "ipfix": 10}
 # The sender runs on the first core, every collector on the second.
 SENDER_CPU = 0
 COLLECTOR_CPUS = "1"
+# The live sweeps' label for the bench's own traffic mix (Mix()).
+STRESS = "1 % findings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +115,14 @@ def run_live(
 ) -> None:
     """Sweep each version's rates over flowtrap, nfcapd and nfacctd.
 
-    Every version runs on the bench's traffic (1 % findings); v9 runs once
-    more on traffic without UDP/631, as most networks send it.
+    Every version runs twice: on traffic without UDP/631, as most networks
+    send it, and on the bench's stress traffic (1 % findings).
     """
-    runs = [(version, Mix(), "1 % findings") for version in versions]
-    if 9 in versions:
-        runs.append((9, decode.CLEAN, "no UDP/631"))
+    runs = [
+        (version, mix, traffic)
+        for mix, traffic in ((decode.CLEAN, "no UDP/631"), (Mix(), STRESS))
+        for version in versions
+    ]
     for version, mix, traffic in runs:
         _sweep(profiles, version, mix, traffic, settings, out)
 
@@ -198,9 +202,21 @@ def run_memory(profiles: list[Profile], settings: Settings, out: Results) -> Non
         out.memory = f"failed: {error}"
 
 
+def _held_v9(out: Results) -> float:
+    """Return what flowtrap held on v9 stress traffic, which burst and profile send."""
+    return next(
+        (
+            s.held.get("flowtrap", 0.0)
+            for s in out.sweeps
+            if s.version == 9 and s.traffic == STRESS
+        ),
+        0.0,
+    )
+
+
 def run_burst(profiles: list[Profile], settings: Settings, out: Results) -> None:
     """A burst of findings at half the rate flowtrap held for v9."""
-    held = next((s.held.get("flowtrap", 0.0) for s in out.sweeps if s.version == 9), 0)
+    held = _held_v9(out)
     rate = max(1_000.0, round(held / 2, -2)) if held else 5_000.0
     _say(f"burst: {settings.burst_findings:,} findings at {rate:,.0f} datagrams/s")
     out.burst = burst.run(
@@ -213,7 +229,7 @@ def run_profile(
 ) -> None:
     """Profile the saturated collector (py-spy) and decode + detect (pyinstrument)."""
     pool = live.exporters(_live_profiles(profiles, 9), Mix())
-    held = next((s.held.get("flowtrap", 0.0) for s in out.sweeps if s.version == 9), 0)
+    held = _held_v9(out)
     rate = max(20_000.0, held * 2)
     _say(f"profile: py-spy on flowtrap run at {rate:,.0f} datagrams/s")
     out.profile = profile.live(pool, rate, settings.profile_seconds, folder)
