@@ -163,7 +163,7 @@ class Service:
                 config.listen_tcp,
                 self.pipeline.feed,
                 self.pipeline.stats,
-                allowlist.permits if allowlist is not None else None,
+                self._permits,
             )
         self.health = Health()
         self.reporter = InputReporter(self.pipeline.stats, self.listener)
@@ -407,6 +407,11 @@ class Service:
             },
         )
         self._warn_open_to_all()
+
+    def _permits(self, exporter: str) -> bool:
+        """Return True when the allowlist in force (reloads included) lets it send."""
+        allowlist = self.listener.allowlist
+        return allowlist is None or allowlist.permits(exporter)
 
     def _warn_open_to_all(self) -> None:
         """Say once (per start or reload) that any host may send."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
@@ -19,6 +20,7 @@ from tests.ops import (
     scrape,
     wait_for,
 )
+from tests.packets import FIVE_TUPLE_FIELDS, five_tuple, flowset, ipfix, template_record
 from tools.runner import CollectorProcess, send_payloads
 
 CUPS = "cups_browsed_internal_external"
@@ -154,3 +156,61 @@ def test_sigterm_stops_while_exporters_keep_sending(tmp_path: Path) -> None:
             thread.join(5)
     assert took < 10, f"stopping took {took:.1f} s under a flood"
     assert "collector stopped" in collector.stderr
+
+
+def tcp_port(collector: CollectorProcess) -> int:
+    """Return the IPFIX-over-TCP port from the collector's start-up lines."""
+    for line in collector.startup:
+        match = re.search(r"ipfix over tcp started listen=\['127\.0\.0\.1:(\d+)'", line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError("no 'ipfix over tcp started' line")
+
+
+def send_tcp(port: int, source: str) -> None:
+    """Send a template and a data record over one connection from ``source``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as connection:
+        connection.bind((source, 0))
+        connection.connect(("127.0.0.1", port))
+        connection.sendall(TCP_TEMPLATE + TCP_DATA)
+
+
+TCP_TEMPLATE = ipfix(flowset(2, template_record(256, FIVE_TUPLE_FIELDS)))
+TCP_DATA = ipfix(flowset(256, five_tuple("10.0.0.1", "203.0.113.9", 5000, 631)))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sighup_allowlist_reaches_ipfix_over_tcp(
+    tmp_path: Path, workers: str
+) -> None:
+    """A reload that allows a new exporter and removes the old one does both
+    for connections accepted afterwards, as for UDP."""
+    config = tmp_path / "flowtrap.toml"
+    config.write_text(
+        'allowed_exporters = ["127.0.0.2/32"]\nlisten_tcp = ["127.0.0.1:0"]\n'
+    )
+    extra = ["--config", str(config), "--metrics", "127.0.0.1:0", "--workers", workers]
+    with CollectorProcess(tmp_path / "events.jsonl", extra) as collector:
+        address = metrics_address(collector.started)
+        port = tcp_port(collector)
+
+        def records(source: str) -> float:
+            return sample(
+                scrape(address), "flowtrap_flow_records_total", exporter=source
+            )
+
+        send_tcp(port, "127.0.0.2")
+        wait_for(lambda: records("127.0.0.2") == 1, what="the allowed record")
+
+        config.write_text(
+            'allowed_exporters = ["127.0.0.3/32"]\nlisten_tcp = ["127.0.0.1:0"]\n'
+        )
+        collector.signal(signal.SIGHUP)
+        wait_for(lambda: reloads(address, "applied") == 1, what="the reload")
+        send_tcp(port, "127.0.0.3")
+        wait_for(lambda: records("127.0.0.3") == 1, what="the newly allowed record")
+        send_tcp(port, "127.0.0.2")
+        send_tcp(port, "127.0.0.3")
+        wait_for(lambda: records("127.0.0.3") == 2, what="the second record")
+        assert records("127.0.0.2") == 1
+        collector.stop()
