@@ -211,6 +211,30 @@ def test_reopen_begins_a_new_file(tmp_path: Path) -> None:
     assert orjson.loads(second.read_bytes())["n"] == 1
 
 
+def test_reopens_without_events_never_push_out_a_file_that_has_some(
+    tmp_path: Path,
+) -> None:
+    """An empty file is removed when the next begins, so retention counts only
+    files with events: more SIGHUPs than ``keep`` lose nothing."""
+    link = tmp_path / "events.jsonl"
+    writer = output(link, keep=3)
+    writer.start()
+    writer.submit(message(0))
+    wait_for(lambda: writer.sent == 1)
+    kept = event_files(link)[0]
+    for reopens in range(1, 6):
+        writer.reopen()
+        wait_for(lambda r=reopens: writer.rotations == r, what="the reopen")
+    writer.stop()
+    writer.join()
+
+    files = event_files(link)
+    assert kept in files
+    assert len(files) == 2
+    assert orjson.loads(kept.read_bytes())["n"] == 0
+    assert files[-1].read_bytes() == b""
+
+
 def test_long_lines_lose_sample_records_and_are_tagged_trimmed(tmp_path: Path) -> None:
     """A line over the cap keeps its fields, loses sample records, gets a tag."""
     link = tmp_path / "events.jsonl"

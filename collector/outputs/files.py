@@ -192,11 +192,20 @@ class RotatingFileOutput(_LineOutput):
         return age > 0 and now - self._opened >= age
 
     def _rotate(self, now: float) -> None:
-        """Finish the current file and begin a new one."""
+        """Finish the current file and begin a new one.
+
+        A file that got no event is removed rather than kept: otherwise a run
+        of SIGHUPs would fill ``keep`` with empty files and retention would
+        delete the last files that hold events.
+        """
         self._reopen = False
         if self._fd >= 0:
+            empty = self._size == 0
             self._close_file()
             self.rotations += 1
+            if empty and self.current is not None:
+                with contextlib.suppress(OSError):
+                    self.current.unlink()
         self._new_file(now)
 
     def _new_file(self, now: float) -> None:
