@@ -189,14 +189,23 @@ def _address(
 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """Return the first of several address fields sent at its address's size.
 
-    Read from the packed bytes: parsing the dotted text instead cost a few
+    Templates that carry both IPv4 and IPv6 fields fill the family a flow does
+    not use with zeros: an all-zero address gives way to a later one that is
+    not. Read from the packed bytes: parsing the dotted text instead cost a few
     microseconds for every address not seen before.
     """
+    unspecified = None
     for position, size in fields:
         value = row[position]
         if isinstance(value, bytes) and len(value) == size:
-            return _packed_address(value)
-    return None
+            if value != _ZEROS[size]:
+                return _packed_address(value)
+            if unspecified is None:
+                unspecified = value
+    return None if unspecified is None else _packed_address(unspecified)
+
+
+_ZEROS = {4: bytes(4), 16: bytes(16)}
 
 
 # Flows repeat the same few addresses.

@@ -114,6 +114,7 @@ class Networks:
 
     def _is_internal_unicast(self, address: IPAddress) -> bool:
         """Return True for an internal address that could name one host."""
+        address = _unmapped(address)
         return (
             self.is_internal(address)
             and not address.is_multicast

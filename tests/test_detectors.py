@@ -218,3 +218,12 @@ def test_internal_is_membership_of_any_listed_network(
         plain = (address.version == 6 and address.ipv4_mapped) or address
         expected = any(plain.version == net.version and plain in net for net in nets)
         assert networks.is_internal(address) is expected
+
+
+def test_a_mapped_directed_broadcast_is_no_internal_host() -> None:
+    """::ffff:10.255.255.255 is 10.255.255.255: a broadcast, not a host."""
+    networks = Networks(["10.0.0.0/8"])
+    for text in ("10.255.255.255", "::ffff:10.255.255.255"):
+        assert networks.is_internal(ipaddress.ip_address(text))
+        assert not networks.is_internal_unicast(ipaddress.ip_address(text))
+    assert networks.is_internal_unicast(ipaddress.ip_address("::ffff:10.0.0.5"))

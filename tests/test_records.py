@@ -221,6 +221,44 @@ def test_built_records_are_what_model_construct_makes() -> None:
     assert not FlowRecord.__pydantic_post_init__
 
 
+@pytest.mark.parametrize(
+    ("src4", "src6", "expected"),
+    [
+        (bytes(4), bytes.fromhex("20010db8" + "00" * 11 + "05"), "2001:db8::5"),
+        (bytes([10, 0, 0, 5]), bytes(16), "10.0.0.5"),
+        (
+            bytes([10, 0, 0, 5]),
+            bytes.fromhex("20010db8" + "00" * 11 + "05"),
+            "10.0.0.5",
+        ),
+        (bytes(4), bytes(16), "0.0.0.0"),
+    ],
+)
+def test_a_template_with_both_families_takes_the_address_that_is_set(
+    src4: bytes, src6: bytes, expected: str
+) -> None:
+    """Exporters that put IPv4 and IPv6 fields in one template zero the unused
+    family; the flow's addresses are the ones it used."""
+    layout = Layout.compile(
+        256,
+        (
+            FieldSpec(8, 4),
+            FieldSpec(12, 4),
+            FieldSpec(27, 16),
+            FieldSpec(28, 16),
+            FieldSpec(4, 1),
+            FieldSpec(11, 2),
+        ),
+    )
+    dst6 = bytes.fromhex("20010db8" + "00" * 11 + "09") if src6 != bytes(16) else src6
+    dst4 = bytes([203, 0, 113, 9]) if src4 != bytes(4) else src4
+    flow = build_flow(layout, (src4, dst4, src6, dst6, 17, 631), context())
+    assert str(flow.src_addr) == expected
+    assert flow.src_addr is not None
+    assert flow.dst_addr is not None
+    assert flow.src_addr.version == flow.dst_addr.version
+
+
 def test_an_element_sent_empty_then_with_a_value_keeps_its_name() -> None:
     """A zero-length field before the real one does not push it to ``#2``."""
     layout = Layout.compile(
