@@ -18,7 +18,7 @@ from detectors.base import Attack, DetectionContext, Finding, Interest, Rule
 from detectors.networks import text
 from detectors.registry import register
 from detectors.settings import Configured, DetectorSettings
-from detectors.state import BoundedMap, DistinctInWindow
+from detectors.state import MAX_DESTINATIONS_PER_SOURCE, BoundedMap, DistinctInWindow
 from schemas.flow import FlowRecord
 
 CUPS_PORT = 631
@@ -102,7 +102,9 @@ class InternalToExternal(Configured[InternalExternalSettings]):
             self.settings.escalate_window_seconds,
             self.settings.late_seconds,
             max_keys=self.settings.max_tracked,
-            max_items=max(4 * self.settings.escalate_destinations, 256),
+            max_items=max(
+                4 * self.settings.escalate_destinations, MAX_DESTINATIONS_PER_SOURCE
+            ),
             counters=self.counters,
         )
 

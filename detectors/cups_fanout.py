@@ -25,12 +25,8 @@ from detectors.cups import (
 from detectors.networks import text
 from detectors.registry import register
 from detectors.settings import Configured, DetectorSettings
-from detectors.state import DistinctInWindow
+from detectors.state import MAX_DESTINATIONS_PER_SOURCE, DistinctInWindow
 from schemas.flow import FlowRecord
-
-# Destinations kept per source: enough to count well past any sane threshold;
-# each costs about 150 bytes.
-MAX_DESTINATIONS_PER_SOURCE = 1024
 
 
 class FanoutSettings(DetectorSettings):

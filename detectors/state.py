@@ -16,6 +16,10 @@ from itertools import repeat
 from operator import add, sub
 from typing import Generic, TypeVar
 
+# Destinations kept per source: enough to count well past any sane threshold;
+# each costs about 150 bytes.
+MAX_DESTINATIONS_PER_SOURCE = 1024
+
 K = TypeVar("K")
 V = TypeVar("V")
 
