@@ -100,7 +100,7 @@ def _run(
         phases.append(Plan(0, rate, 0, burst_pool, count=burst_packets))
     phases.append(Plan(0, rate, half, ordinary))
 
-    collector = Flowtrap(cpu)
+    collector = Flowtrap(cpu, backlog_bytes=None)
     with tempfile.TemporaryDirectory(prefix="flowtrap-bench-") as name:
         folder = Path(name)
         port = collector.start(folder)

@@ -145,14 +145,29 @@ class _Managed:
         self.process = None
 
 
+# What the sweeps give flowtrap's backlog (its minimum): they measure the rate
+# held for good, which a backlog of hundreds of MB would hide within a step of
+# a few seconds. The burst and memory sections keep the default.
+SUSTAINED_BACKLOG = 1024 * 1024
+
+
 class Flowtrap(_Managed):
     """``flowtrap run`` from this tree, optionally with extra flags."""
 
-    def __init__(self, cpus: str | None, extra: tuple[str, ...] = ()) -> None:
-        """Remember how to start it; nothing runs until start()."""
+    def __init__(
+        self,
+        cpus: str | None,
+        extra: tuple[str, ...] = (),
+        backlog_bytes: int | None = SUSTAINED_BACKLOG,
+    ) -> None:
+        """Remember how to start it; nothing runs until start().
+
+        ``backlog_bytes`` None keeps flowtrap's default backlog.
+        """
         super().__init__(cpus)
         self.name = "flowtrap" + ("".join(" " + flag for flag in extra))
         self.extra = extra
+        self.backlog_bytes = backlog_bytes
         self.log = Path()
         self.port = 0
 
@@ -169,7 +184,7 @@ class Flowtrap(_Managed):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+                env=self._environment(),
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -183,6 +198,13 @@ class Flowtrap(_Managed):
         self.kill()
         tail = self.log.read_text(errors="replace")[-2000:]
         raise CollectorError(f"flowtrap run did not start:\n{tail}")
+
+    def _environment(self) -> dict[str, str]:
+        """Return the environment to run it in."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        if self.backlog_bytes is not None:
+            env["FLOWTRAP_BACKLOG_BYTES"] = str(self.backlog_bytes)
+        return env
 
     def stop(self) -> Stored:
         """SIGTERM, then read the counts from the final log line."""

@@ -83,7 +83,7 @@ def run(profiles: list[Profile], exporters: int, cpu: str | None) -> MemoryResul
     unknown = replace(chosen[0], template_id=UNKNOWN_TEMPLATE_ID)
     held = [p.data for p in data_packets(unknown, Mix(), clock, HELD_PER_EXPORTER, 1)]
 
-    collector = Flowtrap(cpu)
+    collector = Flowtrap(cpu, backlog_bytes=None)
     with tempfile.TemporaryDirectory(prefix="flowtrap-bench-") as name:
         port = collector.start(Path(name))
         time.sleep(0.5)
