@@ -290,15 +290,8 @@ class Listener:
     def _decode_slice(self) -> None:
         """Decode from the backlog for up to a slice; then let the sockets be read."""
         self._decoding = False
-        waiting, deliver = self.waiting, self.deliver
-        deadline = time.perf_counter() + SLICE_SECONDS
         try:
-            while waiting:
-                datagram = waiting.popleft()
-                self.waiting_bytes -= len(datagram.data)
-                deliver(datagram)
-                if time.perf_counter() >= deadline:
-                    break
+            self._decode(time.perf_counter() + SLICE_SECONDS)
         finally:
             if not self._reading and self.waiting_bytes < self.backlog_limit // 2:
                 self._resume()
@@ -306,11 +299,17 @@ class Listener:
 
     def _decode_all(self) -> None:
         """Decode everything waiting (at stop)."""
+        self._decode(None)
+
+    def _decode(self, deadline: float | None) -> None:
+        """Decode waiting datagrams, oldest first, until none wait or the deadline."""
         waiting, deliver = self.waiting, self.deliver
         while waiting:
             datagram = waiting.popleft()
             self.waiting_bytes -= len(datagram.data)
             deliver(datagram)
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
 
     def _drain(self, sock: socket.socket) -> bool:
         """Read up to a batch of datagrams into the backlog; True if there may be more.
