@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from collector.allowlist import Allowlist
-from collector.listener import Backlog, Listener, SocketStats
+from collector.listener import Backlog, Listener
 from collector.pipeline import Pipeline
 from collector.proxy import ProxyProtocol
 from collector.records import TimeRules
+from collector.sockets import SocketStats
 from collector.state import StateFile, worker_path
 from collector.stats import Stats
 from collector.steering import steered

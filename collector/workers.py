@@ -33,8 +33,9 @@ from typing import Any
 
 from collector import state as state_file
 from collector.allowlist import Allowlist
-from collector.listener import Backlog, SocketStats, bound, open_socket
+from collector.listener import Backlog
 from collector.pipeline import Pipeline
+from collector.sockets import SocketStats, bound, open_socket
 from collector.steering import steer_by_source
 from collector.worker import Report, Stand, run_worker
 from schemas.config import Config, parse_endpoint
@@ -359,7 +360,6 @@ class WorkerPool:
         for child in self.children:
             total.datagrams += child.backlog.datagrams
             total.bytes += child.backlog.bytes
-            total.limit += child.backlog.limit
             total.pauses += child.backlog.pauses
         return total
 

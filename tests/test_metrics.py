@@ -13,11 +13,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from collector import stats as stats_module
-from collector.listener import Listener, open_socket
+from collector.listener import Listener
 from collector.metrics import CollectorMetrics, Health, MetricsServer, registry_for
 from collector.outputs import Outputs
 from collector.outputs.formats import ECS
 from collector.service import make_pipeline
+from collector.sockets import open_socket
 from collector.stats import OTHER_EXPORTERS, Stats
 from detectors.networks import Networks
 from schemas.config import Config
@@ -212,7 +213,7 @@ def test_a_capped_receive_buffer_is_reported_with_the_fix() -> None:
     wanted = 2 * int(Path("/proc/sys/net/core/rmem_max").read_text())
     code = (
         "import logging; logging.basicConfig(); "
-        "from collector.listener import open_socket; "
+        "from collector.sockets import open_socket; "
         f"open_socket('127.0.0.1:0', {wanted}).close()"
     )
     result = subprocess.run(
